@@ -1,0 +1,121 @@
+/* storybot.h: a small inference library for llama2.c-format story models.
+ *
+ * Usage:
+ *
+ *     char err[256];
+ *     sb_params p = sb_default_params();
+ *     p.temperature = 1.0f; p.topp = 0.9f; p.seed = 123; p.steps = 256;
+ *     sb_context *ctx = NULL;
+ *     if (sb_open("stories15M.bin", "tokenizer.bin", &p, &ctx, err, sizeof err) != SB_OK) {
+ *         fprintf(stderr, "%s\n", err);   // the context was not created
+ *     }
+ *     sb_start(ctx, "Once upon a time");
+ *     sb_token tok;
+ *     while (sb_next(ctx, &tok) == SB_OK) {
+ *         if (!(tok.flags & SB_PIECE_UNPRINTABLE)) fwrite(tok.piece, 1, tok.piece_len, stdout);
+ *     }
+ *     sb_free(ctx);
+ *
+ * Status codes: SB_OK (0) is success; SB_END (1) says the story is over (recoverable:
+ * start another); negative values are errors, with a message from sb_last_error().
+ *
+ * The library never prints, never calls exit() or abort(), and keeps no global state:
+ * each context owns its model, tokenizer, sampler and buffers. One context must be used
+ * by one thread at a time; distinct contexts may run in parallel. sb_stop() is the one
+ * call that may come from another thread while sb_next() runs.
+ */
+#ifndef STORYBOT_H
+#define STORYBOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SB_VERSION "0.1.0"
+
+typedef enum {
+    SB_OK = 0,
+    SB_END = 1,              /* story finished: BOS sampled, steps used up, or stopped */
+    SB_ERR_ARG = -1,         /* a bad argument: NULL, out-of-range parameter, bad prompt */
+    SB_ERR_IO = -2,          /* a file could not be opened, read or mapped */
+    SB_ERR_FORMAT = -3,      /* a file is not a valid model or tokenizer */
+    SB_ERR_NOMEM = -4,       /* an allocation failed */
+    SB_ERR_STATE = -5        /* a call out of order, e.g. sb_next() before sb_start() */
+} sb_status;
+
+typedef enum {
+    SB_KERNELS_AUTO = 0,     /* the fastest faithful kernels this CPU runs */
+    SB_KERNELS_GENERIC = 1   /* the portable C kernels only (for testing the others) */
+} sb_kernels;
+
+typedef struct {
+    float temperature;       /* 0 = greedy argmax; must be >= 0 */
+    float topp;              /* nucleus sampling in [0, 1]; 0 or 1 samples the full distribution */
+    uint64_t seed;           /* xorshift seed; must not be 0 (the CLI maps 0 to the time) */
+    int steps;               /* positions to run, prompt included; 0 or > seq_len means seq_len */
+    sb_kernels kernels;
+} sb_params;
+
+typedef enum {
+    /* A raw byte token that the reference run.c does not print (a lone control or
+     * non-ASCII byte). Its byte is still in piece, for callers that rebuild UTF-8. */
+    SB_PIECE_UNPRINTABLE = 1,
+    SB_PIECE_PROMPT = 2      /* the token was forced from the prompt, not sampled */
+} sb_piece_flags;
+
+typedef struct {
+    int id;                  /* token id in the vocabulary */
+    int pos;                 /* position of this token in the sequence (1 = first after BOS) */
+    int flags;               /* sb_piece_flags */
+    const char *piece;       /* decoded bytes, NUL-terminated; valid until the next call */
+    size_t piece_len;
+} sb_token;
+
+typedef struct {
+    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
+    int shared_classifier;   /* 1 if the classifier reuses the token embedding */
+    const char *format;      /* "llama2c-fp32", ... */
+    const char *kernels;     /* name of the kernel set in use, e.g. "avx2" */
+    size_t weight_bytes;     /* bytes of weights read per generated token */
+} sb_model_info;
+
+typedef struct sb_context sb_context;
+
+sb_params sb_default_params(void);
+
+/* Loads a model and tokenizer and checks every header field before touching weights.
+ * On failure *out stays NULL and err (if not NULL) receives a message. */
+sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_params *params,
+                  sb_context **out, char *err, size_t err_len);
+void sb_free(sb_context *ctx);
+
+/* Encodes the prompt (UTF-8; may be empty or NULL) and resets the sequence. The first
+ * sb_next() then returns the first prompt token after BOS. */
+sb_status sb_start(sb_context *ctx, const char *prompt);
+/* Runs one position and returns its token: SB_OK with *out filled, or SB_END with
+ * out->id = -1 and out->pos = the number of positions run in this story. */
+sb_status sb_next(sb_context *ctx, sb_token *out);
+/* Asks the story to end; the next sb_next() returns SB_END. Safe from another thread. */
+void sb_stop(sb_context *ctx);
+/* Replaces the sampling parameters (and reseeds) for the next sb_start(). */
+sb_status sb_reset(sb_context *ctx, const sb_params *params);
+
+/* Runs the model over a whole token sequence and writes log p(tokens[i+1] | tokens[..i])
+ * for i in [0, n-1) into logprobs (n-1 values). For scoring, not for stories. */
+sb_status sb_score(sb_context *ctx, const int *tokens, int n, float *logprobs);
+/* Encodes text as the CLI would (BOS first); writes at most cap ids, returns the count
+ * in *n. */
+sb_status sb_tokenize(sb_context *ctx, const char *text, int *tokens, int cap, int *n);
+
+sb_status sb_model_info_get(const sb_context *ctx, sb_model_info *out);
+/* Message of the last error on this context ("" if none). */
+const char *sb_last_error(const sb_context *ctx);
+const char *sb_status_name(sb_status status);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,137 @@
+/* internal.h: structures shared by the library's source files (not installed). */
+#ifndef STORYBOT_INTERNAL_H
+#define STORYBOT_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "storybot.h"
+#include "kernels.h"
+
+#define SB_BOS 1
+#define SB_ERR_LEN 256
+
+/* Fills ctx's error message (printf-style) and returns status. */
+sb_status sb_fail(char *err, sb_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+// ----------------------------------------------------------------------------
+// model (model.c)
+
+typedef struct {
+    int dim;        // transformer width
+    int hidden_dim; // ffn width
+    int n_layers;
+    int n_heads;    // query heads
+    int n_kv_heads; // key/value heads (fewer than n_heads with multiquery)
+    int vocab_size;
+    int seq_len;    // context length
+    int head_size;  // dim / n_heads
+    int kv_dim;     // n_kv_heads * head_size
+    int shared;     // classifier shares the token embedding
+} sb_config;
+
+/* A weight matrix W (rows, cols) as the kernels want it: fp32 rows interleaved in
+ * blocks of kernels->f32_rows (1 = plain row-major). */
+typedef struct {
+    int rows, cols;
+    const float *data;
+} sb_matrix;
+
+typedef struct {
+    sb_config cfg;
+    const float *token_embedding; // (vocab_size, dim) row-major, in the mapped file
+    const float *rms_att;         // (layer, dim)
+    const float *rms_ffn;         // (layer, dim)
+    const float *rms_final;       // (dim,)
+    sb_matrix *wq, *wk, *wv, *wo; // per layer: (dim, dim) (kv_dim, dim) (kv_dim, dim) (dim, dim)
+    sb_matrix *w1, *w2, *w3;      // per layer: (hidden, dim) (dim, hidden) (hidden, dim)
+    sb_matrix wcls;               // (vocab_size, dim)
+    const sb_kernel_set *kernels;
+    // storage behind the pointers above
+    void *map;                    // the mmapped file, or NULL once it is no longer needed
+    size_t map_len;
+    float *packed;                // interleaved copies of the matrices, or NULL
+    sb_matrix *matrices;          // the per-layer sb_matrix arrays, one allocation
+    size_t weight_bytes;          // weights read per token
+} sb_model;
+
+sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kernels,
+                        char *err);
+void sb_model_free(sb_model *m);
+/* Copies token's embedding row into out (dim,). */
+void sb_model_embed(const sb_model *m, int token, float *out);
+
+// ----------------------------------------------------------------------------
+// tokenizer (tokenizer.c)
+
+typedef struct {
+    int vocab_size;
+    int max_token_length;
+    char *strings;        // all token strings, NUL-separated
+    const char **vocab;   // (vocab_size,) pointers into strings
+    int *lengths;         // (vocab_size,)
+    float *scores;        // (vocab_size,) merge scores
+    int *hash;            // open-addressing table of token ids, -1 = empty
+    uint32_t hash_mask;
+    int16_t *raw_byte;    // (vocab_size,) the byte of a "<0xHH>" token, or -1
+    char *concat;         // scratch for merge candidates
+} sb_tokenizer;
+
+sb_status sb_tokenizer_load(sb_tokenizer *t, const char *path, int vocab_size, char *err);
+void sb_tokenizer_free(sb_tokenizer *t);
+/* BOS, then the prompt as the reference encodes it; tokens must hold strlen(text) + 2. */
+sb_status sb_tokenizer_encode(const sb_tokenizer *t, const char *text, int *tokens,
+                              int *n_tokens, char *err);
+/* The bytes printed for token after prev; *flags gets SB_PIECE_UNPRINTABLE. */
+const char *sb_tokenizer_decode(const sb_tokenizer *t, int prev, int token, char byte_buf[2],
+                                size_t *len, int *flags);
+
+// ----------------------------------------------------------------------------
+// sampler (sampler.c)
+
+typedef struct {
+    float prob;
+    int index;
+} sb_prob_index;
+
+typedef struct {
+    int vocab_size;
+    float temperature;
+    float topp;
+    uint64_t rng;
+    sb_prob_index *candidates; // (vocab_size,) scratch for top-p
+    sb_prob_index *sort_tmp;   // (vocab_size,) scratch for the merge sort
+} sb_sampler;
+
+sb_status sb_sampler_init(sb_sampler *s, int vocab_size, char *err);
+void sb_sampler_free(sb_sampler *s);
+void sb_sampler_set(sb_sampler *s, float temperature, float topp, uint64_t seed);
+/* Samples a token; logits are modified (scaled and normalized). */
+int sb_sample(sb_sampler *s, float *logits);
+void sb_softmax(float *x, int n);
+
+// ----------------------------------------------------------------------------
+// forward pass (forward.c)
+
+typedef struct {
+    float *x;          // (dim,) activation at the current position
+    float *xb, *xb2;   // (dim,) residual-branch buffers
+    float *hb, *hb2;   // (hidden_dim,) ffn buffers
+    float *q, *k, *v;  // (dim,) (kv_dim,) (kv_dim,)
+    float *att;        // (n_heads, seq_len) attention scores
+    float *logits;     // (vocab_size,)
+    float *key_cache;  // (layer, kv_head, head_size, seq_len): transposed, so scores vectorize over t
+    float *value_cache;// (layer, seq_len, kv_dim)
+    float *rope_freq;  // (head_size / 2,) rotation frequency per pair
+    float *rope_cos, *rope_sin; // (head_size / 2,) for the current position
+    void *block;       // the one allocation behind all of the above
+} sb_state;
+
+sb_status sb_state_init(sb_state *s, const sb_config *c, char *err);
+void sb_state_free(sb_state *s);
+/* Runs token at pos; fills s->logits when want_logits (prompt positions skip it). */
+void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_logits);
+
+#endif

@@ -1,0 +1,38 @@
+/* kernels.h: the hot loops, one portable set and tuned sets per instruction set.
+ *
+ * Every fp32 kernel keeps the reference's arithmetic exactly: each output row is summed
+ * from j = 0 upwards, one rounded product and one rounded sum per term, as run.c compiled
+ * without fused multiply-add does. Tuned kernels gain their speed by working on many rows
+ * at once (one row per vector lane), never by reordering a row's sum, so their results
+ * are bit-identical to the portable ones.
+ */
+#ifndef STORYBOT_KERNELS_H
+#define STORYBOT_KERNELS_H
+
+typedef struct {
+    const char *name;
+    /* Rows interleaved per block in packed fp32 matrices: element (r, j) of a matrix
+     * with n columns is at block (r / f32_rows), offset j * f32_rows + r % f32_rows.
+     * 1 means plain row-major, used in place from the mapped file. */
+    int f32_rows;
+    /* out (d,) = W (d, n) @ x (n,), W packed as above (any d). */
+    void (*matvec_f32)(float *out, const float *x, const float *w, int n, int d);
+} sb_kernel_set;
+
+/* The fastest set this CPU runs (generic_only = 1 forces the portable set). */
+const sb_kernel_set *sb_kernels_pick(int generic_only);
+
+/* Copies src (rows, cols) row-major into dst in the interleaved layout; dst holds
+ * round_up(rows, block) * cols floats and padding rows are zero. */
+void sb_pack_rows_f32(float *dst, const float *src, int rows, int cols, int block);
+
+extern const sb_kernel_set sb_kernels_generic;
+#if defined(__x86_64__)
+extern const sb_kernel_set sb_kernels_avx2;
+int sb_cpu_has_avx2(void);
+#endif
+#if defined(__riscv_vector) || defined(__riscv_xtheadvector)
+extern const sb_kernel_set sb_kernels_rvv;
+#endif
+
+#endif

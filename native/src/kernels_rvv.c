@@ -1,0 +1,1 @@
+/* kernels_rvv.c: RISC-V vector kernels (placeholder until the RVV build lands). */

@@ -1,0 +1,220 @@
+/* model.c: checks and maps a llama2.c checkpoint, and lays its matrices out for the
+ * kernels.
+ *
+ * llama2.c "v0" format: 7 little-endian int32 (dim, hidden_dim, n_layers, n_heads,
+ * n_kv_heads, vocab_size, seq_len; a negative vocab_size means the classifier is stored
+ * apart from the token embedding), then fp32 tensors in a fixed order. Everything in the
+ * header is checked, and the file length must be exactly what the header implies, before
+ * any weight is read.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define HEADER_INTS 7
+
+// ----------------------------------------------------------------------------
+// header checks
+
+static sb_status check_config(const int32_t h[HEADER_INTS], sb_config *c, char *err) {
+    static const char *names[HEADER_INTS] = {"dim", "hidden_dim", "n_layers", "n_heads",
+                                             "n_kv_heads", "vocab_size", "seq_len"};
+    /* Upper limits far above any model this library is for; they keep every size
+     * computation below well inside 64 bits. */
+    static const int32_t limits[HEADER_INTS] = {1 << 16, 1 << 18, 1 << 10, 1 << 10,
+                                                1 << 10, 1 << 22, 1 << 20};
+    for (int i = 0; i < HEADER_INTS; i++) {
+        int32_t v = (i == 5 && h[i] < 0 && h[i] != INT32_MIN) ? -h[i] : h[i];
+        if (v <= 0 || v > limits[i]) {
+            return sb_fail(err, SB_ERR_FORMAT,
+                           "model header: %s = %d is out of range (1..%d); not a llama2.c "
+                           "checkpoint?", names[i], (int)h[i], (int)limits[i]);
+        }
+    }
+    c->dim = h[0];
+    c->hidden_dim = h[1];
+    c->n_layers = h[2];
+    c->n_heads = h[3];
+    c->n_kv_heads = h[4];
+    c->shared = h[5] > 0;
+    c->vocab_size = h[5] > 0 ? h[5] : -h[5];
+    c->seq_len = h[6];
+    if (c->dim % c->n_heads != 0) {
+        return sb_fail(err, SB_ERR_FORMAT, "model header: dim %d is not divisible by n_heads %d",
+                       c->dim, c->n_heads);
+    }
+    if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads != 0) {
+        return sb_fail(err, SB_ERR_FORMAT,
+                       "model header: n_kv_heads %d does not divide n_heads %d",
+                       c->n_kv_heads, c->n_heads);
+    }
+    c->head_size = c->dim / c->n_heads;
+    if (c->head_size % 2 != 0) {
+        return sb_fail(err, SB_ERR_FORMAT,
+                       "model header: head size %d is odd; rotary embeddings need pairs",
+                       c->head_size);
+    }
+    c->kv_dim = c->n_kv_heads * c->head_size;
+    return SB_OK;
+}
+
+/* Number of floats after the header, in file order. */
+static uint64_t v0_float_count(const sb_config *c) {
+    uint64_t L = (uint64_t)c->n_layers, dim = (uint64_t)c->dim;
+    uint64_t n = (uint64_t)c->vocab_size * dim;          // token embedding
+    n += L * dim * 2;                                     // rms_att, rms_ffn
+    n += L * dim * dim * 2;                               // wq, wo
+    n += L * dim * (uint64_t)c->kv_dim * 2;               // wk, wv
+    n += L * dim * (uint64_t)c->hidden_dim * 3;           // w1, w2, w3
+    n += dim;                                             // rms_final
+    n += (uint64_t)c->seq_len * (uint64_t)c->head_size;   // legacy RoPE tables, unused
+    if (!c->shared) n += (uint64_t)c->vocab_size * dim;   // classifier
+    return n;
+}
+
+// ----------------------------------------------------------------------------
+// matrices
+
+static size_t padded_floats(int rows, int cols, int block) {
+    return (size_t)((rows + block - 1) / block * block) * (size_t)cols;
+}
+
+/* Points (or, for interleaving kernels, copies) one matrix; *cursor walks the packed
+ * buffer. */
+static sb_matrix place(const sb_model *m, const float *src, int rows, int cols,
+                       float **cursor) {
+    sb_matrix mat = {rows, cols, src};
+    int block = m->kernels->f32_rows;
+    if (block > 1) {
+        sb_pack_rows_f32(*cursor, src, rows, cols, block);
+        mat.data = *cursor;
+        *cursor += padded_floats(rows, cols, block);
+    }
+    return mat;
+}
+
+static sb_status map_weights(sb_model *m, const float *p, char *err) {
+    const sb_config *c = &m->cfg;
+    int L = c->n_layers, dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim;
+    int block = m->kernels->f32_rows;
+    m->matrices = calloc((size_t)L * 7, sizeof(sb_matrix));
+    if (!m->matrices) return sb_fail(err, SB_ERR_NOMEM, "out of memory for the matrix table");
+    m->wq = m->matrices;
+    m->wk = m->wq + L;
+    m->wv = m->wk + L;
+    m->wo = m->wv + L;
+    m->w1 = m->wo + L;
+    m->w2 = m->w1 + L;
+    m->w3 = m->w2 + L;
+
+    float *cursor = NULL;
+    if (block > 1) {
+        size_t total = padded_floats(c->vocab_size, dim, block);
+        total += (size_t)L * (2 * padded_floats(dim, dim, block) + 2 * padded_floats(kvd, dim, block)
+                              + 2 * padded_floats(hid, dim, block) + padded_floats(dim, hid, block));
+        if (posix_memalign((void **)&m->packed, 64, total * sizeof(float)) != 0) {
+            m->packed = NULL;
+            return sb_fail(err, SB_ERR_NOMEM, "out of memory for %zu MB of packed weights",
+                           total * sizeof(float) >> 20);
+        }
+        cursor = m->packed;
+    }
+
+    const float *emb = p;
+    p += (size_t)c->vocab_size * dim;
+    m->rms_att = p;
+    p += (size_t)L * dim;
+    for (int l = 0; l < L; l++, p += (size_t)dim * dim) m->wq[l] = place(m, p, dim, dim, &cursor);
+    for (int l = 0; l < L; l++, p += (size_t)kvd * dim) m->wk[l] = place(m, p, kvd, dim, &cursor);
+    for (int l = 0; l < L; l++, p += (size_t)kvd * dim) m->wv[l] = place(m, p, kvd, dim, &cursor);
+    for (int l = 0; l < L; l++, p += (size_t)dim * dim) m->wo[l] = place(m, p, dim, dim, &cursor);
+    m->rms_ffn = p;
+    p += (size_t)L * dim;
+    for (int l = 0; l < L; l++, p += (size_t)hid * dim) m->w1[l] = place(m, p, hid, dim, &cursor);
+    for (int l = 0; l < L; l++, p += (size_t)hid * dim) m->w2[l] = place(m, p, dim, hid, &cursor);
+    for (int l = 0; l < L; l++, p += (size_t)hid * dim) m->w3[l] = place(m, p, hid, dim, &cursor);
+    m->rms_final = p;
+    p += dim;
+    p += (size_t)c->seq_len * c->head_size; // legacy RoPE tables
+    m->token_embedding = emb;
+    m->wcls = place(m, c->shared ? emb : p, c->vocab_size, dim, &cursor);
+
+    m->weight_bytes = sizeof(float) * (v0_float_count(c) - (uint64_t)c->seq_len * c->head_size
+                                       - (c->shared ? 0 : (uint64_t)c->vocab_size * dim));
+    return SB_OK;
+}
+
+// ----------------------------------------------------------------------------
+// load / free
+
+sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kernels,
+                        char *err) {
+    memset(m, 0, sizeof(*m));
+    m->kernels = kernels;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return sb_fail(err, SB_ERR_IO, "cannot open model %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return sb_fail(err, SB_ERR_IO, "model %s is not a regular file", path);
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    int32_t header[HEADER_INTS];
+    if (size < sizeof(header)) {
+        close(fd);
+        return sb_fail(err, SB_ERR_FORMAT, "model %s is %llu bytes, shorter than its header",
+                       path, (unsigned long long)size);
+    }
+    if (pread(fd, header, sizeof(header), 0) != (ssize_t)sizeof(header)) {
+        int e = errno;
+        close(fd);
+        return sb_fail(err, SB_ERR_IO, "cannot read model %s: %s", path, strerror(e));
+    }
+    sb_status st_cfg = check_config(header, &m->cfg, err);
+    if (st_cfg != SB_OK) {
+        close(fd);
+        return st_cfg;
+    }
+    uint64_t expected = sizeof(header) + v0_float_count(&m->cfg) * sizeof(float);
+    if (size != expected) {
+        close(fd);
+        return sb_fail(err, SB_ERR_FORMAT,
+                       "model %s is %llu bytes but its header implies %llu (%s)", path,
+                       (unsigned long long)size, (unsigned long long)expected,
+                       size < expected ? "truncated" : "unexpected trailing data");
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd); // the mapping keeps the file
+    if (map == MAP_FAILED) return sb_fail(err, SB_ERR_IO, "cannot map model %s: %s", path, strerror(e));
+    m->map = map;
+    m->map_len = size;
+    sb_status s = map_weights(m, (const float *)((const char *)map + sizeof(header)), err);
+    if (s != SB_OK) {
+        sb_model_free(m);
+        return s;
+    }
+    if (m->packed) {
+        /* The copies are what the kernels read. The norms are small and stay mapped;
+         * dropping the resident file pages keeps them out of this process's RSS. */
+        madvise(map, size, MADV_DONTNEED);
+    }
+    return SB_OK;
+}
+
+void sb_model_free(sb_model *m) {
+    if (m->map) munmap(m->map, m->map_len);
+    free(m->packed);
+    free(m->matrices);
+    memset(m, 0, sizeof(*m));
+}
+
+void sb_model_embed(const sb_model *m, int token, float *out) {
+    memcpy(out, m->token_embedding + (size_t)token * m->cfg.dim, sizeof(float) * m->cfg.dim);
+}

@@ -1,0 +1,103 @@
+"""The storybot command: one subcommand per job of the robot."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+from . import __version__, models
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    """The reference run.c's flags, with its defaults."""
+    p.add_argument("-t", dest="temperature", type=float, default=1.0,
+                   help="temperature in [0, inf); 0 = greedy (default: %(default)s)")
+    p.add_argument("-p", dest="topp", type=float, default=0.9,
+                   help="top-p in [0, 1] (default: %(default)s)")
+    p.add_argument("-s", dest="seed", type=int, default=0,
+                   help="random seed; 0 = the clock (default: %(default)s)")
+    p.add_argument("-n", dest="steps", type=int, default=256,
+                   help="positions to run, prompt included; 0 = the model's context "
+                        "(default: %(default)s)")
+    p.add_argument("-z", dest="tokenizer", default=models.DEFAULT_TOKENIZER,
+                   help="tokenizer file or name (default: %(default)s)")
+    p.add_argument("-k", dest="kernels", choices=["auto", "generic"], default="auto",
+                   help="kernel set (default: %(default)s)")
+
+
+def _seed(seed: int) -> int:
+    # the reference reads the seed as a C int and widens it to 64 bits
+    return seed % 2**64
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine import Engine, Params
+
+    params = Params(temperature=args.temperature, topp=args.topp, seed=_seed(args.seed),
+                    steps=args.steps, kernels=args.kernels)
+    engine = Engine(models.find(args.model), models.find(args.tokenizer), params)
+    out = sys.stdout.buffer
+    ids = []
+    for token in engine.tokens(args.prompt):
+        ids.append(token.id)
+        if token.printable:
+            out.write(token.piece)
+        out.flush()
+    out.write(b"\n")
+    out.flush()
+    if args.ids:
+        with open(args.ids, "w") as f:
+            f.write("".join(f"{i}\n" for i in ids))
+    if engine.stats.tokens > 1:
+        print(f"achieved tok/s: {engine.stats.tokens_per_second:f}", file=sys.stderr)
+    return 0
+
+
+def cmd_fetch_models(args: argparse.Namespace) -> int:
+    for name in (models.DEFAULT_MODEL, models.DEFAULT_TOKENIZER):
+        print(models.download(name, args.dest))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="storybot", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"storybot {__version__}")
+    parser.add_argument("--debug", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="print a story exactly as llama2.c's run does")
+    p.add_argument("model", help="model file or name, e.g. stories15M.bin")
+    _add_sampling(p)
+    p.add_argument("-i", dest="prompt", default=None, help="prompt")
+    p.add_argument("-m", dest="mode", choices=["generate"], default="generate",
+                   help="mode (chat is not supported)")
+    p.add_argument("-o", dest="ids", default=None, help="also write the token ids to this file")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("fetch-models", help="download stories15M.bin and tokenizer.bin, "
+                                            "checking their sha256")
+    p.add_argument("--dest", default=None, help="folder (default: ~/.cache/storybot/models)")
+    p.set_defaults(func=cmd_fetch_models)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .engine import EngineError
+
+    try:
+        return args.func(args)
+    except (EngineError, models.ModelNotFound, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real model files, the native build, the golden cases."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("STORYBOT_SHARED", REPO.parent / "shared"))
+MODELS = SHARED / "models"
+GOLDEN = SHARED / "golden" / "stories15M.json"
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return MODELS / "stories15M.bin"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path() -> Path:
+    return MODELS / "tokenizer.bin"
+
+
+@pytest.fixture(scope="session")
+def cli() -> Path:
+    """The native CLI; STORYBOT_SANITIZE=1 tests the AddressSanitizer + UBSan build."""
+    sanitize = os.environ.get("STORYBOT_SANITIZE") == "1"
+    target, binary = ("asan", "build/asan/storybot-run") if sanitize else ("all", "build/storybot-run")
+    subprocess.run(["make", "-s", "-C", str(REPO / "native"), target], check=True)
+    return REPO / "native" / binary
+
+
+@pytest.fixture(scope="session")
+def engine(model_path, tokenizer_path):
+    from robot.engine import Engine
+
+    with Engine(model_path, tokenizer_path) as e:
+        yield e
+
+
+def golden_cases():
+    return json.loads(GOLDEN.read_text())["cases"]
