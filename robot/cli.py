@@ -62,6 +62,11 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registrars():
+    """register(subparsers) of each module with a subcommand of its own."""
+    return []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="storybot", description=__doc__)
     parser.add_argument("--version", action="version", version=f"storybot {__version__}")
@@ -76,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mode (chat is not supported)")
     p.add_argument("-o", dest="ids", default=None, help="also write the token ids to this file")
     p.set_defaults(func=cmd_generate)
+
+    # Each further job registers its own subcommand; their heavy imports wait until run.
+    for register in _registrars():
+        register(sub)
 
     p = sub.add_parser("fetch-models", help="download stories15M.bin and tokenizer.bin, "
                                             "checking their sha256")

@@ -105,9 +105,17 @@ static void attend(float *out, const float *q, float *att, const float *kt, cons
 // ----------------------------------------------------------------------------
 // forward
 
+void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w) {
+    (void)s; // scratch for quantized types
+    switch (w->type) {
+    case SB_F32:
+        m->kernels->matvec_f32(out, x, w->data, w->cols, w->rows);
+        break;
+    }
+}
+
 void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_logits) {
     const sb_config *c = &m->cfg;
-    const sb_kernel_set *k = m->kernels;
     int dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim, hs = c->head_size;
     int kv_mul = c->n_heads / c->n_kv_heads; // query heads per key/value head
     float *x = s->x;
@@ -119,9 +127,9 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
         size_t loff = (size_t)l * c->seq_len * kvd; // this layer's slice of each cache
 
         rmsnorm(s->xb, x, m->rms_att + (size_t)l * dim, dim);
-        k->matvec_f32(s->q, s->xb, m->wq[l].data, dim, dim);
-        k->matvec_f32(s->k, s->xb, m->wk[l].data, dim, kvd);
-        k->matvec_f32(s->v, s->xb, m->wv[l].data, dim, kvd);
+        sb_matvec(m, s, s->q, s->xb, &m->wq[l]);
+        sb_matvec(m, s, s->k, s->xb, &m->wk[l]);
+        sb_matvec(m, s, s->v, s->xb, &m->wv[l]);
         rope(s->q, dim, hs, s->rope_cos, s->rope_sin);
         rope(s->k, kvd, hs, s->rope_cos, s->rope_sin);
 
@@ -139,24 +147,24 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
                    hs, kvd, c->seq_len, pos);
         }
 
-        k->matvec_f32(s->xb2, s->xb, m->wo[l].data, dim, dim);
+        sb_matvec(m, s, s->xb2, s->xb, &m->wo[l]);
         for (int i = 0; i < dim; i++) x[i] += s->xb2[i];
 
         // ffn: w2(silu(w1(x)) * w3(x))
         rmsnorm(s->xb, x, m->rms_ffn + (size_t)l * dim, dim);
-        k->matvec_f32(s->hb, s->xb, m->w1[l].data, dim, hid);
-        k->matvec_f32(s->hb2, s->xb, m->w3[l].data, dim, hid);
+        sb_matvec(m, s, s->hb, s->xb, &m->w1[l]);
+        sb_matvec(m, s, s->hb2, s->xb, &m->w3[l]);
         for (int i = 0; i < hid; i++) {
             float val = s->hb[i];
             val *= 1.0f / (1.0f + expf(-val));
             val *= s->hb2[i];
             s->hb[i] = val;
         }
-        k->matvec_f32(s->xb, s->hb, m->w2[l].data, hid, dim);
+        sb_matvec(m, s, s->xb, s->hb, &m->w2[l]);
         for (int i = 0; i < dim; i++) x[i] += s->xb[i];
     }
 
     if (!want_logits) return;
     rmsnorm(x, x, m->rms_final, dim);
-    k->matvec_f32(s->logits, x, m->wcls.data, dim, c->vocab_size);
+    sb_matvec(m, s, s->logits, x, &m->wcls);
 }

@@ -32,11 +32,15 @@ typedef struct {
     int shared;     // classifier shares the token embedding
 } sb_config;
 
-/* A weight matrix W (rows, cols) as the kernels want it: fp32 rows interleaved in
- * blocks of kernels->f32_rows (1 = plain row-major). */
+typedef enum {
+    SB_F32 = 0, // fp32, rows interleaved in blocks of kernels->f32_rows (1 = row-major)
+} sb_type;
+
+/* A weight matrix W (rows, cols) as the kernels want it. */
 typedef struct {
+    sb_type type;
     int rows, cols;
-    const float *data;
+    const void *data;
 } sb_matrix;
 
 typedef struct {
@@ -131,6 +135,8 @@ typedef struct {
 
 sb_status sb_state_init(sb_state *s, const sb_config *c, char *err);
 void sb_state_free(sb_state *s);
+/* out (W.rows,) = W @ x (W.cols,), whatever W's type. */
+void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w);
 /* Runs token at pos; fills s->logits when want_logits (prompt positions skip it). */
 void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_logits);
 

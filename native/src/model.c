@@ -89,7 +89,7 @@ static size_t padded_floats(int rows, int cols, int block) {
  * buffer. */
 static sb_matrix place(const sb_model *m, const float *src, int rows, int cols,
                        float **cursor) {
-    sb_matrix mat = {rows, cols, src};
+    sb_matrix mat = {SB_F32, rows, cols, src};
     int block = m->kernels->f32_rows;
     if (block > 1) {
         sb_pack_rows_f32(*cursor, src, rows, cols, block);
