@@ -70,6 +70,9 @@ class Stats:
     first_token_seconds: float = 0.0
     """From the start of the story to its first token (prompt processing)."""
     token_times: List[float] = field(default_factory=list)
+    finish_reason: str = ""
+    """"end" (the model ended the story with BOS), "length" (the step budget or the
+    context ran out, possibly mid-sentence) or "stopped" (stop() was called)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -139,6 +142,7 @@ class Engine:
             raise EngineError(status, ffi.string(err).decode("utf-8", "replace"))
         self._ctx = ffi.gc(out[0], lib.sb_free)
         self._story = 0  # bumped by each story; an older generator then refuses to go on
+        self._stopped = False
         self._lock = threading.Lock()
         self.stats = Stats()
         info = ffi.new("sb_model_info *")
@@ -180,6 +184,7 @@ class Engine:
             else:
                 _check(lib.sb_reset(ctx, _native_params(self.params)), ctx)
             _check(lib.sb_start(ctx, _prompt_bytes(prompt)), ctx)
+            self._stopped = False
             self._story += 1
             story = self._story
         return self._run(ctx, story)
@@ -196,6 +201,7 @@ class Engine:
             stats.seconds = now
             if status == lib.SB_END:
                 stats.tokens = tok.pos
+                stats.finish_reason = self._finish_reason(tok.pos)
                 return
             stats.tokens = tok.pos
             stats.token_times.append(now)
@@ -206,6 +212,13 @@ class Engine:
                 stats.prompt_tokens += 1
             yield Token(tok.id, tok.pos, ffi.unpack(tok.piece, tok.piece_len),
                         not tok.flags & lib.SB_PIECE_UNPRINTABLE, from_prompt)
+
+    def _finish_reason(self, pos: int) -> str:
+        if self._stopped:
+            return "stopped"
+        steps = self.params.steps
+        budget = self.info.seq_len if steps == 0 or steps > self.info.seq_len else steps
+        return "length" if pos >= budget else "end"
 
     def generate(self, prompt: Union[str, bytes, None] = None,
                  params: Optional[Params] = None) -> Iterator[str]:
@@ -228,6 +241,7 @@ class Engine:
     def stop(self) -> None:
         """Ends the current story after the token being computed. Safe from any thread."""
         if self._ctx is not None:
+            self._stopped = True
             lib.sb_stop(self._ctx)
 
     def tokenize(self, text: Union[str, bytes]) -> List[int]:
