@@ -64,7 +64,9 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
 
 def _registrars():
     """register(subparsers) of each module with a subcommand of its own."""
-    return []
+    from .bench import register as bench
+
+    return [bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

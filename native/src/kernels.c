@@ -41,7 +41,7 @@ const sb_kernel_set *sb_kernels_pick(int generic_only) {
     if (sb_cpu_has_avx2()) return &sb_kernels_avx2;
 #endif
 #if defined(__riscv_vector) || defined(__riscv_xtheadvector)
-    return &sb_kernels_rvv;
+    if (sb_rvv_usable()) return &sb_kernels_rvv;
 #endif
     return &sb_kernels_generic;
 }

@@ -33,6 +33,7 @@ int sb_cpu_has_avx2(void);
 #endif
 #if defined(__riscv_vector) || defined(__riscv_xtheadvector)
 extern const sb_kernel_set sb_kernels_rvv;
+int sb_rvv_usable(void); // the vector unit has the 32 fp32 lanes the kernels assume
 #endif
 
 #endif

@@ -85,6 +85,15 @@ static size_t padded_floats(int rows, int cols, int block) {
     return (size_t)((rows + block - 1) / block * block) * (size_t)cols;
 }
 
+/* Drops the resident pages of a mapped range that has been copied, so that the file
+ * and its copy are never both in memory (the peak RSS stays at one copy). */
+static void release(const void *p, size_t len) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)p + len) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 /* Points (or, for interleaving kernels, copies) one matrix; *cursor walks the packed
  * buffer. */
 static sb_matrix place(const sb_model *m, const float *src, int rows, int cols,
@@ -92,7 +101,13 @@ static sb_matrix place(const sb_model *m, const float *src, int rows, int cols,
     sb_matrix mat = {SB_F32, rows, cols, src};
     int block = m->kernels->f32_rows;
     if (block > 1) {
-        sb_pack_rows_f32(*cursor, src, rows, cols, block);
+        // a few hundred blocks at a time, so that little of the source is resident at once
+        int chunk = block * 32;
+        for (int r = 0; r < rows; r += chunk) {
+            int n = rows - r < chunk ? rows - r : chunk;
+            sb_pack_rows_f32(*cursor + (size_t)r * cols, src + (size_t)r * cols, n, cols, block);
+            release(src + (size_t)r * cols, (size_t)n * cols * sizeof(float));
+        }
         mat.data = *cursor;
         *cursor += padded_floats(rows, cols, block);
     }
@@ -200,11 +215,6 @@ sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kern
         sb_model_free(m);
         return s;
     }
-    if (m->packed) {
-        /* The copies are what the kernels read. The norms are small and stay mapped;
-         * dropping the resident file pages keeps them out of this process's RSS. */
-        madvise(map, size, MADV_DONTNEED);
-    }
     return SB_OK;
 }
 
@@ -216,5 +226,13 @@ void sb_model_free(sb_model *m) {
 }
 
 void sb_model_embed(const sb_model *m, int token, float *out) {
-    memcpy(out, m->token_embedding + (size_t)token * m->cfg.dim, sizeof(float) * m->cfg.dim);
+    int dim = m->cfg.dim, block = m->kernels->f32_rows;
+    if (m->cfg.shared && block > 1) {
+        /* The packed classifier holds the embedding too: gathering one row from it costs
+         * dim loads, where touching the mapped file would page in (and keep) 64 kB. */
+        const float *blk = (const float *)m->wcls.data + (size_t)(token / block) * block * dim;
+        for (int j = 0; j < dim; j++) out[j] = blk[(size_t)j * block + token % block];
+        return;
+    }
+    memcpy(out, m->token_embedding + (size_t)token * dim, sizeof(float) * dim);
 }

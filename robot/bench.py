@@ -1,0 +1,265 @@
+"""storybot bench: tokens per second, memory and riscv64 instruction counts, side by side.
+
+Every build runs in the same invocation as the baselines it is compared with, so the
+machine's load at the moment affects all of them alike. Numbers are reported, never
+asserted. Host builds are timed by native/build/storybot-bench (per-position times and
+the machine's read bandwidth, the fp32 roofline); a baseline is any binary with run.c's
+command line (its "achieved tok/s" line is read); riscv64 builds run under qemu-user
+with the qemu-insncount plugin, which counts instructions between markers around each
+generated token.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from . import models
+
+_LOGGER = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+NATIVE = REPO / "native"
+
+# prompt positions are timed apart from generated ones
+PROMPT = "Once upon a time, there was a little"
+
+# riscv64 builds: name -> (compiler variable of tools/riscv/env.sh, emulator variable,
+# plugin argument variable, INSNCOUNT_VSPEC)
+RISCV_BUILDS = {
+    "rv64gc-gcc12": ("RV_CC_GCC", "QEMU_RV", "INSNCOUNT_SO", "1.0"),
+    "rvv1.0-clang16": ("RV_CC_CLANG", "QEMU_RVV", "INSNCOUNT_SO", "1.0"),
+    "xtheadvector-gcc14": ("RV_CC_XTHEAD", "QEMU_C906", "INSNCOUNT_C906_PLUGIN", "0.7"),
+}
+
+
+@dataclass
+class Result:
+    """One build or baseline on one model."""
+
+    name: str
+    model: str
+    tok_s: float = 0.0
+    """Generated tokens per second (median of runs; prompt positions excluded)."""
+    prompt_tok_s: float = 0.0
+    ms_first: float = 0.0
+    """Milliseconds for the first generated position."""
+    ms_last: float = 0.0
+    """Milliseconds for the last position (the longest attention)."""
+    peak_rss_mb: float = 0.0
+    roofline_fraction: float = 0.0
+    """tok_s over read bandwidth / weight bytes per token (fp32 builds only)."""
+    insns_per_token: float = 0.0
+    vector_insns_per_token: float = 0.0
+    cycles_per_token: float = 0.0
+    """Estimated C906 cycles (the plugin's cost model), riscv64 builds only."""
+    ms_by_position: List[float] = field(default_factory=list)
+    note: str = ""
+
+
+# ---------------------------------------------------------------------------- running
+
+def make(target_dir: str, cc: Optional[str] = None) -> Path:
+    """Builds storybot-bench and storybot-run into native/<target_dir>."""
+    args = ["make", "-s", "-C", str(NATIVE), f"BUILD={target_dir}", "OPT=-O3"]
+    if cc:
+        args += [f"CC={cc}", "AR=riscv64-linux-gnu-ar"]
+    args += [f"{target_dir}/storybot-bench", f"{target_dir}/storybot-run"]
+    subprocess.run(args, check=True)
+    return NATIVE / target_dir
+
+
+def _timed(argv: List[str]) -> tuple:
+    """Runs argv to completion; returns (stdout, stderr, peak RSS MB of that child)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): "
+                           f"{err.decode(errors='replace')[-400:]}")
+    return out.decode(), err.decode(errors="replace"), usage.ru_maxrss / 1024
+
+
+def bench_host(name: str, binary: Path, model: Path, tok: Path, runs: int,
+               kernels: str = "auto") -> Result:
+    out, _, rss = _timed([str(binary), str(model), str(tok), "-n", "256", "-r", str(runs),
+                          "-k", kernels, "-b", "0", "-i", PROMPT])
+    data = json.loads(out)
+    # the bandwidth pass allocates a buffer as large as the weights: apart, so RSS is clean
+    bw, _, _ = _timed([str(binary), str(model), str(tok), "-r", "0", "-k", kernels])
+    data["read_gbps"] = json.loads(bw)["read_gbps"]
+    gen_rates, prompt_rates, series = [], [], []
+    for run in data["runs"]:
+        ms, p = run["ms"], run["prompt_tokens"]
+        gen = ms[p:]
+        if gen:
+            gen_rates.append(len(gen) / (sum(gen) / 1e3))
+        if p:
+            prompt_rates.append(p / (sum(ms[:p]) / 1e3))
+        series.append(ms)
+    ms_by_pos = [statistics.median(col) for col in zip(*series)]
+    r = Result(name, model.name, tok_s=statistics.median(gen_rates),
+               prompt_tok_s=statistics.median(prompt_rates) if prompt_rates else 0.0,
+               ms_first=ms_by_pos[0], ms_last=ms_by_pos[-1], peak_rss_mb=rss,
+               ms_by_position=ms_by_pos, note=f"kernels {data['kernels']}, {data['format']}")
+    if data["format"] == "llama2c-fp32" and data["read_gbps"]:
+        roofline = data["read_gbps"] * 1e9 / data["weight_bytes"]
+        r.roofline_fraction = r.tok_s / roofline
+        r.note += f", read {data['read_gbps']:.1f} GB/s, roofline {roofline:.0f} tok/s"
+    return r
+
+
+def bench_cli(name: str, argv_prefix: List[str], model: Path, tok: Path, runs: int) -> Result:
+    """A run.c-compatible program: greedy, 256 steps, its own "achieved tok/s" line."""
+    rates, rss = [], 0.0
+    for seed in range(1, runs + 1):
+        _, err, peak = _timed([*argv_prefix, str(model), "-z", str(tok), "-t", "0", "-n", "256",
+                               "-s", str(seed)])
+        m = re.search(r"achieved tok/s: ([0-9.]+)", err)
+        if not m:
+            raise RuntimeError(f"{name} printed no 'achieved tok/s' line")
+        rates.append(float(m.group(1)))
+        rss = max(rss, peak)
+    return Result(name, model.name, tok_s=statistics.median(rates), peak_rss_mb=rss,
+                  note="achieved tok/s as printed")
+
+
+# ---------------------------------------------------------------------------- riscv64
+
+def riscv_env() -> Dict[str, str]:
+    """tools/riscv/env.sh's variables (after tools/riscv/setup.sh)."""
+    script = REPO / "tools" / "riscv" / "env.sh"
+    out = subprocess.run(["bash", "-c", f". {shlex.quote(str(script))} && env -0"],
+                         capture_output=True, check=True).stdout.decode()
+    return dict(kv.split("=", 1) for kv in out.split("\0") if "=" in kv)
+
+
+def _count(emu: List[str], plugin: str, vspec: str, binary: Path, model: Path, tok: Path,
+           steps: int) -> tuple:
+    """(marks, total insns, total vector insns) of one greedy run of `steps` positions."""
+    env = {"INSNCOUNT_VSPEC": vspec, "PATH": os.environ.get("PATH", "")}
+    proc = subprocess.run([*emu, "-plugin", plugin, str(binary), str(model), str(tok),
+                           "-n", str(steps), "-r", "1", "-b", "0"],
+                          capture_output=True, env=env, check=True)
+    text = proc.stderr.decode(errors="replace")
+    marks = [(int(a), int(b), int(c)) for a, b, c in re.findall(r"^mark (\d+) (\d+) (\d+)$", text, re.M)]
+    total = re.search(r"^insns (\d+) vector (\d+)$", text, re.M)
+    return marks, int(total.group(1)), int(total.group(2))
+
+
+def bench_riscv(name: str, env: Dict[str, str], model: Path, tok: Path, steps: int) -> Result:
+    cc_var, emu_var, plugin_var, vspec = RISCV_BUILDS[name]
+    build = make(f"build/{name}", env[cc_var])
+    emu = shlex.split(env[emu_var])
+    marks, insns, vec = _count(emu, env[plugin_var], vspec, build / "storybot-bench", model, tok, steps)
+    # each generated position lies between a mark 1 and the next mark 2
+    spans = [(m2[1] - m1[1], m2[2] - m1[2]) for m1, m2 in zip(marks[::2], marks[1::2])]
+    spans = spans[:-1]  # the last call only reports the end of the story
+    # vector instructions are only totalled at exit: difference two runs of different length
+    half = max(2, steps // 2)
+    _, insns_h, vec_h = _count(emu, env[plugin_var], vspec, build / "storybot-bench", model, tok, half)
+    return Result(name, model.name,
+                  insns_per_token=statistics.median(s[0] for s in spans),
+                  cycles_per_token=statistics.median(s[1] for s in spans),
+                  vector_insns_per_token=(vec - vec_h) / (steps - half),
+                  note=f"qemu-user, greedy, first {steps} positions")
+
+
+# ---------------------------------------------------------------------------- report
+
+def table(results: List[Result]) -> str:
+    rows = [("build", "model", "tok/s", "prompt tok/s", "ms first", "ms last", "peak RSS MB",
+             "roofline", "insns/tok", "vector/tok", "C906 cycles/tok")]
+    for r in results:
+        rows.append((r.name, r.model, f"{r.tok_s:.1f}" if r.tok_s else "",
+                     f"{r.prompt_tok_s:.1f}" if r.prompt_tok_s else "",
+                     f"{r.ms_first:.2f}" if r.ms_first else "", f"{r.ms_last:.2f}" if r.ms_last else "",
+                     f"{r.peak_rss_mb:.1f}" if r.peak_rss_mb else "",
+                     f"{r.roofline_fraction:.0%}" if r.roofline_fraction else "",
+                     f"{r.insns_per_token / 1e6:.2f}M" if r.insns_per_token else "",
+                     f"{r.vector_insns_per_token / 1e6:.2f}M" if r.vector_insns_per_token else "",
+                     f"{r.cycles_per_token / 1e6:.1f}M" if r.cycles_per_token else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def plot(results: List[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    timed = [r for r in results if r.tok_s]
+    left.barh([f"{r.name}\n{r.model}" for r in timed], [r.tok_s for r in timed])
+    left.set_xlabel("generated tokens/s (median)")
+    for r in results:
+        if r.ms_by_position:
+            right.plot(range(1, len(r.ms_by_position) + 1), r.ms_by_position, label=f"{r.name} {r.model}")
+    right.set_xlabel("position")
+    right.set_ylabel("ms per token")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------------------- command
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    tok = models.find(args.tokenizer)
+    model_paths = [models.find(m) for m in (args.model or [models.DEFAULT_MODEL])]
+    results: List[Result] = []
+    host = make("build")
+    for model in model_paths:
+        for rnd in range(args.rounds):  # interleaved rounds: load drifts hit every build alike
+            results.append(bench_host("storybot", host / "storybot-bench", model, tok, args.runs))
+            results.append(bench_host("storybot generic", host / "storybot-bench", model, tok,
+                                      args.runs, kernels="generic"))
+            results.append(bench_cli("storybot-run", [str(host / "storybot-run")], model, tok, args.runs))
+            for base in args.baseline:
+                results.append(bench_cli(Path(shlex.split(base)[0]).name, shlex.split(base),
+                                         model, tok, args.runs))
+    if args.riscv:
+        env = riscv_env()
+        for name in RISCV_BUILDS:
+            for model in model_paths:
+                results.append(bench_riscv(name, env, model, tok, args.riscv_steps))
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
+    if args.plot:
+        plot(results, Path(args.plot))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure speed and memory of each build beside baselines")
+    p.add_argument("--model", action="append", help="model file (repeat for several formats; "
+                                                    "default stories15M.bin)")
+    p.add_argument("--tokenizer", default=models.DEFAULT_TOKENIZER)
+    p.add_argument("--runs", type=int, default=5, help="runs per build (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="interleaved rounds of all host builds (default: %(default)s)")
+    p.add_argument("--baseline", action="append", default=[],
+                   help="a run.c-compatible command to run beside ours, e.g. /tmp/run")
+    p.add_argument("--riscv", action="store_true",
+                   help="also count riscv64 instructions per token under qemu "
+                        "(needs tools/riscv/setup.sh)")
+    p.add_argument("--riscv-steps", type=int, default=16,
+                   help="positions emulated per riscv64 build (default: %(default)s)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--plot", help="write a PNG plot here")
+    p.set_defaults(func=cmd_bench)

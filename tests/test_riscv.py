@@ -1,0 +1,60 @@
+"""riscv64 builds under qemu-user: rv64gc (gcc 12), RVV 1.0 (clang 16) and XTheadVector
+(GCC 14, the C906's vector unit) each print golden text.
+
+Emulation runs a few tokens per second, so each case runs a short step count; the
+reference prints the first tokens of the same story then, so the output must be a
+prefix of an accepted text (see ../shared/golden/README.md).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+
+import pytest
+
+from conftest import golden_cases
+from robot import bench
+
+REQUIRED = os.environ.get("STORYBOT_REQUIRE_ALL") == "1"
+# greedy, top-p 0.9, top-p 1.0 (the cases most sensitive to rounding), a prompt longer
+# than the steps, and non-ASCII text
+CASE_IDS = ["p002", "p003", "p014", "p039", "p042", "p045"]
+STEPS = 32
+
+
+@pytest.fixture(scope="module")
+def riscv_env():
+    try:
+        env = bench.riscv_env()
+    except subprocess.CalledProcessError:
+        env = {}
+    tools = [env.get("QEMU_RV", ""), env.get("QEMU_C906", ""), env.get("INSNCOUNT_SO", "")]
+    if not all(t and os.path.exists(shlex.split(t)[0]) for t in tools):
+        if REQUIRED:
+            pytest.fail("riscv64 toolchains missing: run tools/riscv/setup.sh")
+        pytest.skip("riscv64 toolchains not set up (tools/riscv/setup.sh)")
+    return env
+
+
+@pytest.mark.parametrize("build", list(bench.RISCV_BUILDS))
+def test_golden_under_qemu(build, riscv_env, model_path, tokenizer_path):
+    cc_var, emu_var, _, _ = bench.RISCV_BUILDS[build]
+    binary = bench.make(f"build/{build}", riscv_env[cc_var]) / "storybot-run"
+    cases = [c for c in golden_cases() if c["id"] in CASE_IDS]
+    for case in cases:
+        argv = list(case["argv"])
+        argv[argv.index("-n") + 1] = str(min(case["steps"], STEPS))
+        r = subprocess.run([*shlex.split(riscv_env[emu_var]), str(binary), str(model_path),
+                            "-z", str(tokenizer_path), *argv], capture_output=True, timeout=900)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        accepted = [a["stdout"].encode() for a in case["accept"]]
+        assert r.stdout.endswith(b"\n")
+        assert any(a.startswith(r.stdout[:-1]) for a in accepted), (case["id"], r.stdout)
+
+
+def test_instruction_count_is_reported(riscv_env, model_path, tokenizer_path):
+    """The benchmark's counting path works end to end (the numbers are its business)."""
+    r = bench.bench_riscv("xtheadvector-gcc14", riscv_env, model_path, tokenizer_path, steps=4)
+    assert r.insns_per_token > 0 and r.cycles_per_token > r.insns_per_token / 2
+    assert r.vector_insns_per_token > 0
