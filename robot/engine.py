@@ -14,7 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Union
 
-from ._native import ffi, lib
+if os.environ.get("STORYBOT_ABI") == "1":  # force the ABI-mode fallback (tests, the board)
+    from ._abi import ffi, lib
+else:
+    try:
+        from ._native import ffi, lib
+    except ImportError:  # no compiled extension for this Python: load the shared library
+        from ._abi import ffi, lib
 
 _LOGGER = logging.getLogger(__name__)
 
