@@ -65,8 +65,9 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
 def _registrars():
     """register(subparsers) of each module with a subcommand of its own."""
     from .bench import register as bench
+    from .tellcmd import register as tell
 
-    return [bench]
+    return [tell, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
