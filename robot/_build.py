@@ -33,7 +33,7 @@ ffibuilder.set_source(
         "-std=c11", "-D_DEFAULT_SOURCE", "-D_POSIX_C_SOURCE=200809L",
         "-O3", "-ffp-contract=off",  # keep the reference's rounding: no fused multiply-add
     ],
-    libraries=["m"],
+    libraries=["m", "pthread"],
 )
 
 if __name__ == "__main__":

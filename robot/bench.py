@@ -92,9 +92,9 @@ def _timed(argv: List[str]) -> tuple:
 
 
 def bench_host(name: str, binary: Path, model: Path, tok: Path, runs: int,
-               kernels: str = "auto") -> Result:
+               kernels: str = "auto", threads: int = 1) -> Result:
     out, _, rss = _timed([str(binary), str(model), str(tok), "-n", "256", "-r", str(runs),
-                          "-k", kernels, "-b", "0", "-i", PROMPT])
+                          "-k", kernels, "-j", str(threads), "-b", "0", "-i", PROMPT])
     data = json.loads(out)
     # the bandwidth pass allocates a buffer as large as the weights: apart, so RSS is clean
     bw, _, _ = _timed([str(binary), str(model), str(tok), "-r", "0", "-k", kernels])
@@ -228,6 +228,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             results.append(bench_host("storybot", host / "storybot-bench", model, tok, args.runs))
             results.append(bench_host("storybot generic", host / "storybot-bench", model, tok,
                                       args.runs, kernels="generic"))
+            for n in args.threads:
+                results.append(bench_host(f"storybot {n} threads", host / "storybot-bench",
+                                          model, tok, args.runs, threads=n))
             results.append(bench_cli("storybot-run", [str(host / "storybot-run")], model, tok, args.runs))
             for base in args.baseline:
                 results.append(bench_cli(Path(shlex.split(base)[0]).name, shlex.split(base),
@@ -255,6 +258,8 @@ def register(sub) -> None:
                    help="interleaved rounds of all host builds (default: %(default)s)")
     p.add_argument("--baseline", action="append", default=[],
                    help="a run.c-compatible command to run beside ours, e.g. /tmp/run")
+    p.add_argument("--threads", type=int, action="append", default=[],
+                   help="also time this many threads (repeat for several)")
     p.add_argument("--riscv", action="store_true",
                    help="also count riscv64 instructions per token under qemu "
                         "(needs tools/riscv/setup.sh)")

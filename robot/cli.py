@@ -26,6 +26,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
                    help="tokenizer file or name (default: %(default)s)")
     p.add_argument("-k", dest="kernels", choices=["auto", "generic"], default="auto",
                    help="kernel set (default: %(default)s)")
+    p.add_argument("-j", dest="threads", type=int, default=1,
+                   help="threads per matrix product (default: %(default)s)")
 
 
 def _seed(seed: int) -> int:
@@ -37,7 +39,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .engine import Engine, Params
 
     params = Params(temperature=args.temperature, topp=args.topp, seed=_seed(args.seed),
-                    steps=args.steps, kernels=args.kernels)
+                    steps=args.steps, kernels=args.kernels, n_threads=args.threads)
     engine = Engine(models.find(args.model), models.find(args.tokenizer), params)
     out = sys.stdout.buffer
     ids = []

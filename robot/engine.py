@@ -50,6 +50,8 @@ class Params:
     """Positions to run, prompt included; 0 or more than the context means the context."""
     kernels: str = "auto"
     """"auto" for the fastest faithful kernels, "generic" for the portable C ones."""
+    n_threads: int = 1
+    """Threads sharing each matrix-vector product (results do not depend on it)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ def _native_params(params: Params):
         raise ValueError(f"steps {params.steps} is out of range")
     p.steps = params.steps
     p.kernels = lib.SB_KERNELS_GENERIC if params.kernels == "generic" else lib.SB_KERNELS_AUTO
+    p.n_threads = params.n_threads
     return p
 
 
@@ -183,8 +186,8 @@ class Engine:
         ctx = self._context()
         with self._lock:
             if params is not None:
-                if params.kernels != self.params.kernels:
-                    raise ValueError("kernels are chosen when the engine is created")
+                if (params.kernels, params.n_threads) != (self.params.kernels, self.params.n_threads):
+                    raise ValueError("kernels and threads are chosen when the engine is created")
                 _check(lib.sb_reset(ctx, _native_params(params)), ctx)
                 self.params = params
             else:

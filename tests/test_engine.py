@@ -115,3 +115,13 @@ def test_no_leak_over_1000_contexts(tmp_path, tokenizer_path):
         cycle()
     grown = _rss_kb() - before
     assert grown < 2048, f"RSS grew by {grown} kB over 900 contexts"
+
+
+def test_threads_agree(model_path, tokenizer_path, engine):
+    """Threads split rows, never a row's sum: the story is the same."""
+    p = Params(seed=5, steps=60, topp=1.0)
+    want = [t.id for t in engine.tokens("Sara liked", p)]
+    with Engine(model_path, tokenizer_path, Params(n_threads=2)) as threaded:
+        got = [t.id for t in threaded.tokens("Sara liked", Params(seed=5, steps=60, topp=1.0,
+                                                                   n_threads=2))]
+    assert got == want

@@ -58,7 +58,7 @@ static double read_bandwidth(size_t bytes) {
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: storybot-bench MODEL TOKENIZER [-n steps] [-r runs] [-t temp] "
-                        "[-i prompt] [-k auto|generic] [-b 0|1 (bandwidth)]\n");
+                        "[-i prompt] [-k auto|generic] [-j threads] [-b 0|1 (bandwidth)]\n");
         return 1;
     }
     sb_params p = sb_default_params();
@@ -75,6 +75,7 @@ int main(int argc, char **argv) {
         case 'i': prompt = v; break;
         case 'k': p.kernels = strcmp(v, "generic") == 0 ? SB_KERNELS_GENERIC : SB_KERNELS_AUTO; break;
         case 'b': bandwidth = atoi(v); break;
+        case 'j': p.n_threads = atoi(v); break;
         default: fprintf(stderr, "unknown flag %s\n", argv[i]); return 1;
         }
     }

@@ -29,6 +29,7 @@ static int usage(const char *why) {
             "  -z <string> optional path to custom tokenizer\n"
             "  -m <string> mode: generate (chat is not supported)\n"
             "  -y <string> system prompt (chat mode only; ignored)\n"
+            "  -j <int>    threads, default 1\n"
             "  -k <string> kernels: auto|generic, default auto\n"
             "  -o <string> also write the token ids, one per line, to this file\n");
     return EXIT_FAILURE;
@@ -80,6 +81,7 @@ int main(int argc, char **argv) {
         case 'p': ok = parse_float(v, &p.topp); break;
         case 's': ok = parse_int(v, &seed); break;
         case 'n': ok = parse_int(v, &p.steps); break;
+        case 'j': ok = parse_int(v, &p.n_threads); break;
         case 'i': prompt = v; break;
         case 'z': tokenizer = v; break;
         case 'y': break;

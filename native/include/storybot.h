@@ -56,6 +56,7 @@ typedef struct {
     float topp;              /* nucleus sampling in [0, 1]; 0 or 1 samples the full distribution */
     uint64_t seed;           /* xorshift seed; must not be 0 (the CLI maps 0 to the time) */
     int steps;               /* positions to run, prompt included; 0 or > seq_len means seq_len */
+    int n_threads;           /* threads sharing each matvec (the caller's included); 0 or 1 = one */
     sb_kernels kernels;
 } sb_params;
 

@@ -11,11 +11,12 @@
 #include <string.h>
 
 #include "internal.h"
+#include "pool.h"
 
 // ----------------------------------------------------------------------------
 // state
 
-sb_status sb_state_init(sb_state *s, const sb_config *c, char *err) {
+sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads, char *err) {
     memset(s, 0, sizeof(*s));
     size_t cache = (size_t)c->n_layers * (size_t)c->seq_len * (size_t)c->kv_dim;
     size_t sizes[] = {c->dim, c->dim, c->dim, c->hidden_dim, c->hidden_dim, c->dim, c->kv_dim,
@@ -40,10 +41,12 @@ sb_status sb_state_init(sb_state *s, const sb_config *c, char *err) {
     for (int i = 0; i < c->head_size; i += 2) {
         s->rope_freq[i / 2] = 1.0f / powf(10000.0f, (float)i / (float)c->head_size);
     }
+    s->pool = sb_pool_new(n_threads); // NULL (one thread) is fine too
     return SB_OK;
 }
 
 void sb_state_free(sb_state *s) {
+    sb_pool_free(s->pool);
     free(s->block);
     memset(s, 0, sizeof(*s));
 }
@@ -105,13 +108,42 @@ static void attend(float *out, const float *q, float *att, const float *kt, cons
 // ----------------------------------------------------------------------------
 // forward
 
-void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w) {
-    (void)s; // scratch for quantized types
+/* Rows [r0, r1) of out = W @ x; r0 starts a block of W's layout. */
+static void matvec_rows(const sb_model *m, float *out, const float *x, const sb_matrix *w,
+                        int r0, int r1) {
     switch (w->type) {
     case SB_F32:
-        m->kernels->matvec_f32(out, x, w->data, w->cols, w->rows);
+        m->kernels->matvec_f32(out + r0, x, (const float *)w->data + (size_t)r0 * w->cols,
+                               w->cols, r1 - r0);
         break;
     }
+}
+
+typedef struct {
+    const sb_model *m;
+    float *out;
+    const float *x;
+    const sb_matrix *w;
+} matvec_job;
+
+/* Thread `index` of `count` takes an equal share of whole blocks. */
+static void matvec_part(void *arg, int index, int count) {
+    const matvec_job *j = arg;
+    int block = j->m->kernels->f32_rows;
+    int blocks = (j->w->rows + block - 1) / block;
+    int r0 = blocks * index / count * block;
+    int r1 = blocks * (index + 1) / count * block;
+    if (r1 > j->w->rows) r1 = j->w->rows;
+    if (r1 > r0) matvec_rows(j->m, j->out, j->x, j->w, r0, r1);
+}
+
+void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w) {
+    if (!s->pool) {
+        matvec_rows(m, out, x, w, 0, w->rows);
+        return;
+    }
+    matvec_job job = {m, out, x, w};
+    sb_pool_run(s->pool, matvec_part, &job);
 }
 
 void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_logits) {

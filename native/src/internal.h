@@ -131,9 +131,10 @@ typedef struct {
     float *rope_freq;  // (head_size / 2,) rotation frequency per pair
     float *rope_cos, *rope_sin; // (head_size / 2,) for the current position
     void *block;       // the one allocation behind all of the above
+    struct sb_pool *pool; // threads sharing the matvecs, or NULL
 } sb_state;
 
-sb_status sb_state_init(sb_state *s, const sb_config *c, char *err);
+sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads, char *err);
 void sb_state_free(sb_state *s);
 /* out (W.rows,) = W @ x (W.cols,), whatever W's type. */
 void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w);

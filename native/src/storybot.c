@@ -40,6 +40,7 @@ sb_params sb_default_params(void) {
         .topp = 0.9f,
         .seed = 1,
         .steps = 256,
+        .n_threads = 1,
         .kernels = SB_KERNELS_AUTO,
     };
     return p;
@@ -55,6 +56,9 @@ static sb_status check_params(const sb_params *p, char *err) {
         return sb_fail(err, SB_ERR_ARG, "top-p %g must be in [0, 1]", (double)p->topp);
     }
     if (p->steps < 0) return sb_fail(err, SB_ERR_ARG, "steps %d must be >= 0", p->steps);
+    if (p->n_threads < 0 || p->n_threads > 256) {
+        return sb_fail(err, SB_ERR_ARG, "n_threads %d must be in [0, 256]", p->n_threads);
+    }
     if (p->seed == 0) {
         return sb_fail(err, SB_ERR_ARG, "seed must not be 0 (xorshift would stay at 0)");
     }
@@ -86,7 +90,7 @@ sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_p
             && (s = sb_tokenizer_load(&ctx->tokenizer, tokenizer_path, ctx->model.cfg.vocab_size,
                                       msg)) == SB_OK
             && (s = sb_sampler_init(&ctx->sampler, ctx->model.cfg.vocab_size, msg)) == SB_OK
-            && (s = sb_state_init(&ctx->state, &ctx->model.cfg, msg)) == SB_OK) {
+            && (s = sb_state_init(&ctx->state, &ctx->model.cfg, params->n_threads, msg)) == SB_OK) {
             sb_sampler_set(&ctx->sampler, params->temperature, params->topp, params->seed);
             *out = ctx;
         } else {
@@ -182,8 +186,8 @@ sb_status sb_reset(sb_context *ctx, const sb_params *params) {
     if (!ctx) return SB_ERR_ARG;
     sb_status s = check_params(params, ctx->err);
     if (s != SB_OK) return s;
-    if (params->kernels != ctx->params.kernels) {
-        return sb_fail(ctx->err, SB_ERR_ARG, "kernels are chosen when the model is opened");
+    if (params->kernels != ctx->params.kernels || params->n_threads != ctx->params.n_threads) {
+        return sb_fail(ctx->err, SB_ERR_ARG, "kernels and threads are chosen when the model is opened");
     }
     ctx->params = *params;
     sb_sampler_set(&ctx->sampler, params->temperature, params->topp, params->seed);
