@@ -67,6 +67,10 @@ class WavSink:
         if self._wav is None:
             return
         self._wav.close()  # also closes the file it opened from our fd
+        # mkstemp made it private (0600); a finished story is an ordinary file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp_path, 0o666 & ~umask)
         os.replace(self._tmp_path, self.path)
         _LOGGER.info("Wrote %s", self.path)
         self._wav = self._tmp_path = None
