@@ -8,11 +8,13 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
 HEADER = NATIVE / "include" / "storybot.h"
+# Internal entry points for tests only (kernel checks); kept out of the public header.
+TESTHOOKS = NATIVE / "src" / "testhooks.h"
 
 
-def _cdef() -> str:
-    """The public header minus what cdef cannot parse (preprocessor lines, attributes)."""
-    text = HEADER.read_text()
+def _cdef(header: Path = HEADER) -> str:
+    """The header minus what cdef cannot parse (preprocessor lines, attributes)."""
+    text = header.read_text()
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     lines = [
         ln for ln in text.splitlines()
@@ -23,9 +25,10 @@ def _cdef() -> str:
 
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
+ffibuilder.cdef(_cdef(TESTHOOKS))
 ffibuilder.set_source(
     "robot._native",
-    '#include "storybot.h"',
+    '#include "storybot.h"\n#include "testhooks.h"',
     # Paths relative to the project root, where setuptools runs this script.
     sources=sorted(os.path.relpath(p, ROOT) for p in (NATIVE / "src").glob("*.c")),
     include_dirs=[os.path.relpath(NATIVE / d, ROOT) for d in ("include", "src")],

@@ -67,9 +67,10 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
 def _registrars():
     """register(subparsers) of each module with a subcommand of its own."""
     from .bench import register as bench
+    from .evaluate import register as r_eval
     from .tellcmd import register as tell
 
-    return [tell, bench]
+    return [tell, bench, r_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,6 +52,8 @@ class Params:
     """"auto" for the fastest faithful kernels, "generic" for the portable C ones."""
     n_threads: int = 1
     """Threads sharing each matrix-vector product (results do not depend on it)."""
+    kv_fp16: bool = False
+    """Keep the KV cache in IEEE half precision: half its memory, no longer bit-exact."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ def _native_params(params: Params):
     p.steps = params.steps
     p.kernels = lib.SB_KERNELS_GENERIC if params.kernels == "generic" else lib.SB_KERNELS_AUTO
     p.n_threads = params.n_threads
+    p.kv_fp16 = 1 if params.kv_fp16 else 0
     return p
 
 
@@ -186,8 +189,10 @@ class Engine:
         ctx = self._context()
         with self._lock:
             if params is not None:
-                if (params.kernels, params.n_threads) != (self.params.kernels, self.params.n_threads):
-                    raise ValueError("kernels and threads are chosen when the engine is created")
+                if ((params.kernels, params.n_threads, params.kv_fp16)
+                        != (self.params.kernels, self.params.n_threads, self.params.kv_fp16)):
+                    raise ValueError("kernels, threads and the KV cache type are chosen when "
+                                     "the engine is created")
                 _check(lib.sb_reset(ctx, _native_params(params)), ctx)
                 self.params = params
             else:

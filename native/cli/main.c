@@ -31,6 +31,7 @@ static int usage(const char *why) {
             "  -y <string> system prompt (chat mode only; ignored)\n"
             "  -j <int>    threads, default 1\n"
             "  -k <string> kernels: auto|generic, default auto\n"
+            "  -c <string> KV cache: fp32|fp16, default fp32 (fp16: half the memory)\n"
             "  -o <string> also write the token ids, one per line, to this file\n");
     return EXIT_FAILURE;
 }
@@ -87,6 +88,10 @@ int main(int argc, char **argv) {
         case 'y': break;
         case 'o': ids_path = v; break;
         case 'm': ok = strcmp(v, "generate") == 0; break;
+        case 'c':
+            ok = strcmp(v, "fp32") == 0 || strcmp(v, "fp16") == 0;
+            p.kv_fp16 = strcmp(v, "fp16") == 0;
+            break;
         case 'k':
             ok = strcmp(v, "auto") == 0 || strcmp(v, "generic") == 0;
             p.kernels = strcmp(v, "generic") == 0 ? SB_KERNELS_GENERIC : SB_KERNELS_AUTO;

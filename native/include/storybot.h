@@ -58,6 +58,8 @@ typedef struct {
     int steps;               /* positions to run, prompt included; 0 or > seq_len means seq_len */
     int n_threads;           /* threads sharing each matvec (the caller's included); 0 or 1 = one */
     sb_kernels kernels;
+    int kv_fp16;             /* 1: KV cache in IEEE half (half the memory, not bit-exact);
+                                0 (default): fp32. Chosen when the model is opened. */
 } sb_params;
 
 typedef enum {
@@ -78,8 +80,10 @@ typedef struct {
 typedef struct {
     int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
     int shared_classifier;   /* 1 if the classifier reuses the token embedding */
-    const char *format;      /* "llama2c-fp32", ... */
-    const char *kernels;     /* name of the kernel set in use, e.g. "avx2" */
+    const char *format;      /* "llama2c-fp32", "llama2c-q8-ak42", "storybot-q8_0",
+                                "storybot-q4_0" */
+    const char *kernels;     /* name of the kernel set in use, e.g. "avx2" (for quantized
+                                models, the int8 set, e.g. "avx512vnni") */
     size_t weight_bytes;     /* bytes of weights read per generated token */
 } sb_model_info;
 

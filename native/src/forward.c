@@ -16,15 +16,21 @@
 // ----------------------------------------------------------------------------
 // state
 
-sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads, char *err) {
+sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
+                        const sb_qkernel_set *kv_fp16, char *err) {
     memset(s, 0, sizeof(*s));
     size_t cache = (size_t)c->n_layers * (size_t)c->seq_len * (size_t)c->kv_dim;
+    size_t wide = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
+    size_t groups = (wide + SB_QK - 1) / SB_QK;
+    size_t cache_floats = kv_fp16 ? (cache + 1) / 2 : cache; // halves pack two per float
     size_t sizes[] = {c->dim, c->dim, c->dim, c->hidden_dim, c->hidden_dim, c->dim, c->kv_dim,
-                      c->kv_dim, (size_t)c->n_heads * c->seq_len, c->vocab_size, cache, cache,
-                      c->head_size / 2, c->head_size / 2, c->head_size / 2};
+                      c->kv_dim, (size_t)c->n_heads * c->seq_len, c->vocab_size, cache_floats,
+                      cache_floats, c->head_size / 2, c->head_size / 2, c->head_size / 2,
+                      (wide + 3) / 4, groups, groups};
+    float *qx_q = NULL, *qx_s = NULL, *qx_sum = NULL;
     float **slots[] = {&s->x, &s->xb, &s->xb2, &s->hb, &s->hb2, &s->q, &s->k, &s->v, &s->att,
                        &s->logits, &s->key_cache, &s->value_cache, &s->rope_freq, &s->rope_cos,
-                       &s->rope_sin};
+                       &s->rope_sin, &qx_q, &qx_s, &qx_sum};
     size_t n = sizeof(sizes) / sizeof(sizes[0]), total = 0;
     for (size_t i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15; // 64-byte aligned slots
     if (posix_memalign(&s->block, 64, total * sizeof(float)) != 0) {
@@ -37,6 +43,13 @@ sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads, char *er
     for (size_t i = 0; i < n; i++) {
         *slots[i] = p;
         p += (sizes[i] + 15) & ~(size_t)15;
+    }
+    s->qx = (sb_state_q){(int8_t *)qx_q, qx_s, (int32_t *)qx_sum};
+    if (kv_fp16) {
+        s->key_cache_h = (uint16_t *)s->key_cache;
+        s->value_cache_h = (uint16_t *)s->value_cache;
+        s->key_cache = s->value_cache = NULL;
+        s->f16 = kv_fp16;
     }
     for (int i = 0; i < c->head_size; i += 2) {
         s->rope_freq[i / 2] = 1.0f / powf(10000.0f, (float)i / (float)c->head_size);
@@ -105,22 +118,48 @@ static void attend(float *out, const float *q, float *att, const float *kt, cons
     }
 }
 
+/* With kv_fp16: stores k and v at pos in the half caches (same layout as the fp32 ones)
+ * and runs every head's attention as attend() does, the kernels converting on the fly. */
+static void attend_layer_f16(sb_state *s, const sb_config *c, size_t loff, int pos) {
+    int hs = c->head_size, kvd = c->kv_dim, kv_mul = c->n_heads / c->n_kv_heads;
+    uint16_t *kc = s->key_cache_h + loff, *vc = s->value_cache_h + loff;
+    for (int i = 0; i < kvd; i++) kc[(size_t)i * c->seq_len + pos] = sb_f32_to_f16(s->k[i]);
+    s->f16->f16_store(vc + (size_t)pos * kvd, s->v, kvd);
+    float scale = sqrtf((float)hs);
+    for (int h = 0; h < c->n_heads; h++) {
+        float *att = s->att + (size_t)h * c->seq_len;
+        int kvh = h / kv_mul;
+        s->f16->f16_scores(att, s->q + (size_t)h * hs, kc + (size_t)kvh * hs * c->seq_len, hs,
+                           c->seq_len, pos + 1);
+        for (int t = 0; t <= pos; t++) att[t] /= scale;
+        sb_softmax(att, pos + 1);
+        s->f16->f16_mix(s->xb + (size_t)h * hs, att, vc + (size_t)kvh * hs, hs, kvd, pos + 1);
+    }
+}
+
 // ----------------------------------------------------------------------------
 // forward
 
-/* Rows [r0, r1) of out = W @ x; r0 starts a block of W's layout. */
-static void matvec_rows(const sb_model *m, float *out, const float *x, const sb_matrix *w,
-                        int r0, int r1) {
+/* Rows [r0, r1) of out = W @ x; r0 starts a block of W's layout. A quantized W takes
+ * x from qx, quantized once for all threads. */
+static void matvec_rows(const sb_model *m, const sb_state_q *qx, float *out, const float *x,
+                        const sb_matrix *w, int r0, int r1) {
     switch (w->type) {
     case SB_F32:
         m->kernels->matvec_f32(out + r0, x, (const float *)w->data + (size_t)r0 * w->cols,
                                w->cols, r1 - r0);
+        break;
+    case SB_Q8_0:
+    case SB_Q4_0:
+    case SB_Q8_ROWS:
+        sb_matvec_quant_rows(m, qx, out, w, r0, r1);
         break;
     }
 }
 
 typedef struct {
     const sb_model *m;
+    const sb_state_q *qx;
     float *out;
     const float *x;
     const sb_matrix *w;
@@ -129,20 +168,21 @@ typedef struct {
 /* Thread `index` of `count` takes an equal share of whole blocks. */
 static void matvec_part(void *arg, int index, int count) {
     const matvec_job *j = arg;
-    int block = j->m->kernels->f32_rows;
+    int block = j->w->type == SB_F32 ? j->m->kernels->f32_rows : SB_QK;
     int blocks = (j->w->rows + block - 1) / block;
     int r0 = blocks * index / count * block;
     int r1 = blocks * (index + 1) / count * block;
     if (r1 > j->w->rows) r1 = j->w->rows;
-    if (r1 > r0) matvec_rows(j->m, j->out, j->x, j->w, r0, r1);
+    if (r1 > r0) matvec_rows(j->m, j->qx, j->out, j->x, j->w, r0, r1);
 }
 
 void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w) {
+    if (w->type != SB_F32) sb_quantize_input(m, &s->qx, x, w->cols);
     if (!s->pool) {
-        matvec_rows(m, out, x, w, 0, w->rows);
+        matvec_rows(m, &s->qx, out, x, w, 0, w->rows);
         return;
     }
-    matvec_job job = {m, out, x, w};
+    matvec_job job = {m, &s->qx, out, x, w};
     sb_pool_run(s->pool, matvec_part, &job);
 }
 
@@ -165,18 +205,22 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
         rope(s->q, dim, hs, s->rope_cos, s->rope_sin);
         rope(s->k, kvd, hs, s->rope_cos, s->rope_sin);
 
-        // store k transposed per head, v as is
-        float *kc = s->key_cache + loff;
-        for (int i = 0; i < kvd; i++) {
-            kc[((size_t)(i / hs) * hs + i % hs) * c->seq_len + pos] = s->k[i];
-        }
-        memcpy(s->value_cache + loff + (size_t)pos * kvd, s->v, sizeof(float) * (size_t)kvd);
+        if (s->key_cache_h) {
+            attend_layer_f16(s, c, loff, pos);
+        } else {
+            // store k transposed per head, v as is
+            float *kc = s->key_cache + loff;
+            for (int i = 0; i < kvd; i++) {
+                kc[((size_t)(i / hs) * hs + i % hs) * c->seq_len + pos] = s->k[i];
+            }
+            memcpy(s->value_cache + loff + (size_t)pos * kvd, s->v, sizeof(float) * (size_t)kvd);
 
-        for (int h = 0; h < c->n_heads; h++) {
-            int kvh = h / kv_mul;
-            attend(s->xb + (size_t)h * hs, s->q + (size_t)h * hs, s->att + (size_t)h * c->seq_len,
-                   kc + (size_t)kvh * hs * c->seq_len, s->value_cache + loff + (size_t)kvh * hs,
-                   hs, kvd, c->seq_len, pos);
+            for (int h = 0; h < c->n_heads; h++) {
+                int kvh = h / kv_mul;
+                attend(s->xb + (size_t)h * hs, s->q + (size_t)h * hs, s->att + (size_t)h * c->seq_len,
+                       kc + (size_t)kvh * hs * c->seq_len, s->value_cache + loff + (size_t)kvh * hs,
+                       hs, kvd, c->seq_len, pos);
+            }
         }
 
         sb_matvec(m, s, s->xb2, s->xb, &m->wo[l]);

@@ -8,6 +8,7 @@
 
 #include "storybot.h"
 #include "kernels.h"
+#include "kernels_q.h"
 
 #define SB_BOS 1
 #define SB_ERR_LEN 256
@@ -18,6 +19,13 @@ sb_status sb_fail(char *err, sb_status status, const char *fmt, ...)
 
 // ----------------------------------------------------------------------------
 // model (model.c)
+
+/* Scratch of quantized matrix-vector products: x as Q8_0 (forward.c owns the memory). */
+typedef struct {
+    int8_t *q;     // (max(dim, hidden_dim),) quantized activations
+    float *s;      // (max / SB_QK,) their scales
+    int32_t *sum;  // (max / SB_QK,) sum of q per group (for the 4-bit offset)
+} sb_state_q;
 
 typedef struct {
     int dim;        // transformer width
@@ -33,7 +41,10 @@ typedef struct {
 } sb_config;
 
 typedef enum {
-    SB_F32 = 0, // fp32, rows interleaved in blocks of kernels->f32_rows (1 = row-major)
+    SB_F32 = 0,  // fp32, rows interleaved in blocks of kernels->f32_rows (1 = row-major)
+    SB_Q8_0 = 1, // int8, blocks of 32 rows x 32 columns stored column by column (quant.c)
+    SB_Q4_0 = 2, // 4-bit, the same blocks with two columns per byte (quant.c)
+    SB_Q8_ROWS = 3, // int8 row-major, one scale per group_size values (llama2.c ak42)
 } sb_type;
 
 /* A weight matrix W (rows, cols) as the kernels want it. */
@@ -41,6 +52,8 @@ typedef struct {
     sb_type type;
     int rows, cols;
     const void *data;
+    const float *scales; // quantized types: one per group of group_size weights
+    int group_size;      // quantized types: a multiple of SB_QK
 } sb_matrix;
 
 typedef struct {
@@ -52,7 +65,10 @@ typedef struct {
     sb_matrix *wq, *wk, *wv, *wo; // per layer: (dim, dim) (kv_dim, dim) (kv_dim, dim) (dim, dim)
     sb_matrix *w1, *w2, *w3;      // per layer: (hidden, dim) (dim, hidden) (hidden, dim)
     sb_matrix wcls;               // (vocab_size, dim)
+    sb_matrix embedding;          // quantized models: the token embedding (vocab_size, dim)
     const sb_kernel_set *kernels;
+    const sb_qkernel_set *qkernels; // quantized models: the int8 kernels in use, else NULL
+    const char *format;           // "llama2c-fp32", "storybot-q8_0", ...
     // storage behind the pointers above
     void *map;                    // the mmapped file, or NULL once it is no longer needed
     size_t map_len;
@@ -63,9 +79,27 @@ typedef struct {
 
 sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kernels,
                         char *err);
+/* Checks the 7 llama2.c config ints (vocab_size < 0: separate classifier) into c. */
+sb_status sb_check_config(const int32_t h[7], sb_config *c, char *err);
 void sb_model_free(sb_model *m);
 /* Copies token's embedding row into out (dim,). */
 void sb_model_embed(const sb_model *m, int token, float *out);
+
+// ----------------------------------------------------------------------------
+// quantized models (model_quant.c, quant.c)
+
+/* Loads a storybot q8_0/q4_0 file or a llama2.c ak42 v2 file already opened as fd
+ * (size bytes, first word magic); maps it and points every matrix into the map. */
+sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic,
+                              const char *path, char *err);
+int sb_is_quant_magic(uint32_t magic);
+/* out (dim,) = row token of a quantized embedding, dequantized. */
+void sb_dequantize_row(const sb_matrix *w, int row, float *out);
+/* Quantizes x (n,) to Q8_0 into s, the input of the quantized products below. */
+void sb_quantize_input(const sb_model *m, sb_state_q *s, const float *x, int n);
+/* Rows [r0, r1) of out = W @ x for a quantized W, x already in s; r0 % SB_QK == 0. */
+void sb_matvec_quant_rows(const sb_model *m, const sb_state_q *s, float *out,
+                          const sb_matrix *w, int r0, int r1);
 
 // ----------------------------------------------------------------------------
 // tokenizer (tokenizer.c)
@@ -128,13 +162,19 @@ typedef struct {
     float *logits;     // (vocab_size,)
     float *key_cache;  // (layer, kv_head, head_size, seq_len): transposed, so scores vectorize over t
     float *value_cache;// (layer, seq_len, kv_dim)
+    uint16_t *key_cache_h, *value_cache_h; // kv_fp16: the same caches in IEEE half, else NULL
+    const sb_qkernel_set *f16; // kv_fp16: the kernels that read the half caches
+    sb_state_q qx;     // quantized activations, for quantized models
     float *rope_freq;  // (head_size / 2,) rotation frequency per pair
     float *rope_cos, *rope_sin; // (head_size / 2,) for the current position
     void *block;       // the one allocation behind all of the above
     struct sb_pool *pool; // threads sharing the matvecs, or NULL
 } sb_state;
 
-sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads, char *err);
+/* n_threads: threads sharing each matvec. kv_fp16 not NULL: keep the KV cache in IEEE
+ * half precision (half the memory, not exact), read with these kernels. */
+sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
+                        const sb_qkernel_set *kv_fp16, char *err);
 void sb_state_free(sb_state *s);
 /* out (W.rows,) = W @ x (W.cols,), whatever W's type. */
 void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w);

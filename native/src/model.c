@@ -22,7 +22,7 @@
 // ----------------------------------------------------------------------------
 // header checks
 
-static sb_status check_config(const int32_t h[HEADER_INTS], sb_config *c, char *err) {
+sb_status sb_check_config(const int32_t h[HEADER_INTS], sb_config *c, char *err) {
     static const char *names[HEADER_INTS] = {"dim", "hidden_dim", "n_layers", "n_heads",
                                              "n_kv_heads", "vocab_size", "seq_len"};
     /* Upper limits far above any model this library is for; they keep every size
@@ -98,7 +98,7 @@ static void release(const void *p, size_t len) {
  * buffer. */
 static sb_matrix place(const sb_model *m, const float *src, int rows, int cols,
                        float **cursor) {
-    sb_matrix mat = {SB_F32, rows, cols, src};
+    sb_matrix mat = {SB_F32, rows, cols, src, NULL, 0};
     int block = m->kernels->f32_rows;
     if (block > 1) {
         // a few hundred blocks at a time, so that little of the source is resident at once
@@ -191,7 +191,15 @@ sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kern
         close(fd);
         return sb_fail(err, SB_ERR_IO, "cannot read model %s: %s", path, strerror(e));
     }
-    sb_status st_cfg = check_config(header, &m->cfg, err);
+    uint32_t magic;
+    memcpy(&magic, header, sizeof magic);
+    if (sb_is_quant_magic(magic)) { // storybot q8_0/q4_0 or llama2.c ak42 (model_quant.c)
+        sb_status sq = sb_model_load_quant(m, fd, size, magic, path, err);
+        close(fd); // a mapping keeps the file
+        if (sq != SB_OK) sb_model_free(m);
+        return sq;
+    }
+    sb_status st_cfg = sb_check_config(header, &m->cfg, err);
     if (st_cfg != SB_OK) {
         close(fd);
         return st_cfg;
@@ -226,6 +234,10 @@ void sb_model_free(sb_model *m) {
 }
 
 void sb_model_embed(const sb_model *m, int token, float *out) {
+    if (m->embedding.data) { // quantized: one row dequantized, never the whole table
+        sb_dequantize_row(&m->embedding, token, out);
+        return;
+    }
     int dim = m->cfg.dim, block = m->kernels->f32_rows;
     if (m->cfg.shared && block > 1) {
         /* The packed classifier holds the embedding too: gathering one row from it costs

@@ -42,6 +42,7 @@ sb_params sb_default_params(void) {
         .steps = 256,
         .n_threads = 1,
         .kernels = SB_KERNELS_AUTO,
+        .kv_fp16 = 0,
     };
     return p;
 }
@@ -65,6 +66,9 @@ static sb_status check_params(const sb_params *p, char *err) {
     if (p->kernels != SB_KERNELS_AUTO && p->kernels != SB_KERNELS_GENERIC) {
         return sb_fail(err, SB_ERR_ARG, "unknown kernel choice %d", (int)p->kernels);
     }
+    if (p->kv_fp16 != 0 && p->kv_fp16 != 1) {
+        return sb_fail(err, SB_ERR_ARG, "kv_fp16 %d must be 0 or 1", p->kv_fp16);
+    }
     return SB_OK;
 }
 
@@ -85,12 +89,15 @@ sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_p
     }
     if (s == SB_OK) {
         ctx->params = *params;
-        const sb_kernel_set *k = sb_kernels_pick(params->kernels == SB_KERNELS_GENERIC);
+        int generic = params->kernels == SB_KERNELS_GENERIC;
+        const sb_kernel_set *k = sb_kernels_pick(generic);
+        const sb_qkernel_set *kv16 = params->kv_fp16 ? sb_qkernels_pick(generic) : NULL;
         if ((s = sb_model_load(&ctx->model, model_path, k, msg)) == SB_OK
             && (s = sb_tokenizer_load(&ctx->tokenizer, tokenizer_path, ctx->model.cfg.vocab_size,
                                       msg)) == SB_OK
             && (s = sb_sampler_init(&ctx->sampler, ctx->model.cfg.vocab_size, msg)) == SB_OK
-            && (s = sb_state_init(&ctx->state, &ctx->model.cfg, params->n_threads, msg)) == SB_OK) {
+            && (s = sb_state_init(&ctx->state, &ctx->model.cfg, params->n_threads, kv16, msg))
+               == SB_OK) {
             sb_sampler_set(&ctx->sampler, params->temperature, params->topp, params->seed);
             *out = ctx;
         } else {
@@ -186,8 +193,10 @@ sb_status sb_reset(sb_context *ctx, const sb_params *params) {
     if (!ctx) return SB_ERR_ARG;
     sb_status s = check_params(params, ctx->err);
     if (s != SB_OK) return s;
-    if (params->kernels != ctx->params.kernels || params->n_threads != ctx->params.n_threads) {
-        return sb_fail(ctx->err, SB_ERR_ARG, "kernels and threads are chosen when the model is opened");
+    if (params->kernels != ctx->params.kernels || params->n_threads != ctx->params.n_threads
+        || params->kv_fp16 != ctx->params.kv_fp16) {
+        return sb_fail(ctx->err, SB_ERR_ARG, "kernels, threads and the KV cache type are "
+                       "chosen when the model is opened");
     }
     ctx->params = *params;
     sb_sampler_set(&ctx->sampler, params->temperature, params->topp, params->seed);
@@ -248,8 +257,10 @@ sb_status sb_model_info_get(const sb_context *ctx, sb_model_info *out) {
     *out = (sb_model_info){
         .dim = c->dim, .hidden_dim = c->hidden_dim, .n_layers = c->n_layers,
         .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads, .vocab_size = c->vocab_size,
-        .seq_len = c->seq_len, .shared_classifier = c->shared, .format = "llama2c-fp32",
-        .kernels = ctx->model.kernels->name, .weight_bytes = ctx->model.weight_bytes,
+        .seq_len = c->seq_len, .shared_classifier = c->shared,
+        .format = ctx->model.format ? ctx->model.format : "llama2c-fp32",
+        .kernels = ctx->model.qkernels ? ctx->model.qkernels->name : ctx->model.kernels->name,
+        .weight_bytes = ctx->model.weight_bytes,
     };
     return SB_OK;
 }

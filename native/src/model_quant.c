@@ -1,0 +1,257 @@
+/* model_quant.c: checks and maps quantized models; every matrix, the token embedding
+ * included, is read straight from the mapped file (no copy), so a 15M model in int8
+ * costs its 17 MB of file pages, which the kernel may drop and re-read under pressure.
+ *
+ * storybot q8_0 / q4_0 (version 1; robot/quantize.py writes it and documents it):
+ *   256-byte header: "SBQM", u32 version, "llama2\0\0", u32 format (1 q8_0, 2 q4_0),
+ *   u32 group size (32), u32 rows per block (32), u32 alignment (64), 7 x i32 config
+ *   (vocab_size > 0), u32 shared classifier, 32 bytes sha256 of the source checkpoint,
+ *   u64 file size, zeros. Then 64-byte-aligned tensors: rms_att, rms_ffn, rms_final,
+ *   embedding, per layer wq wk wv wo w1 w2 w3, classifier unless shared; each matrix is
+ *   its blocks (quant.c) then its scales.
+ * llama2.c ak42 version 2 (export.py --version 2, read by runq.c):
+ *   256-byte header: u32 0x616b3432, i32 version 2, 7 x i32 config (vocab_size > 0),
+ *   u8 shared classifier, i32 group size (unaligned, byte 37), zeros. Then fp32 rms_att,
+ *   rms_ffn, rms_final and int8 tensors, each followed by its fp32 scales: embedding,
+ *   all wq, all wk, all wv, all wo, all w1, all w2, all w3, classifier unless shared.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define SBQ_MAGIC 0x4d514253u  /* "SBQM" */
+#define AK42_MAGIC 0x616b3432u /* "ak42" as export.py writes it */
+#define HEADER_BYTES 256
+#define SBQ_VERSION 1
+#define SBQ_ALIGN 64
+
+int sb_is_quant_magic(uint32_t magic) {
+    return magic == SBQ_MAGIC || magic == AK42_MAGIC;
+}
+
+static uint32_t u32_at(const unsigned char *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v); // little-endian hosts only (x86-64, riscv64)
+    return v;
+}
+
+static uint64_t align_up(uint64_t n) {
+    return (n + SBQ_ALIGN - 1) / SBQ_ALIGN * SBQ_ALIGN;
+}
+
+// ----------------------------------------------------------------------------
+// tensor walks: the same code sizes the file and points the matrices into it
+
+typedef struct {
+    const unsigned char *base; // the mapped file, or NULL while only sizing
+    uint64_t at;               // offset of the next tensor
+    int storybot;              // 64-byte alignment and row blocks, else ak42
+    sb_type type;
+    int group_size;
+} walker;
+
+static const float *take_floats(walker *w, uint64_t n) {
+    const float *p = w->base ? (const float *)(w->base + w->at) : NULL;
+    w->at += n * sizeof(float);
+    if (w->storybot) w->at = align_up(w->at);
+    return p;
+}
+
+/* Bytes of a matrix's weights and of its scales. */
+static void matrix_sizes(const walker *w, int rows, int cols, uint64_t *data, uint64_t *scales) {
+    if (w->storybot) {
+        uint64_t padded = (uint64_t)(rows + SB_QK - 1) / SB_QK * SB_QK;
+        *data = padded * (uint64_t)cols / (w->type == SB_Q4_0 ? 2 : 1);
+        *scales = padded * (uint64_t)(cols / SB_QK) * sizeof(float);
+    } else {
+        *data = (uint64_t)rows * (uint64_t)cols;
+        *scales = *data / (uint64_t)w->group_size * sizeof(float);
+    }
+}
+
+static sb_matrix take_matrix(walker *w, int rows, int cols) {
+    uint64_t data, scales;
+    matrix_sizes(w, rows, cols, &data, &scales);
+    sb_matrix m = {w->type, rows, cols, NULL, NULL, w->group_size};
+    if (w->base) m.data = w->base + w->at;
+    w->at += data;
+    if (w->storybot) w->at = align_up(w->at);
+    m.scales = take_floats(w, scales / sizeof(float));
+    return m;
+}
+
+static uint64_t bytes_of(const walker *w, const sb_matrix *m) {
+    uint64_t data, scales;
+    matrix_sizes(w, m->rows, m->cols, &data, &scales);
+    return data + scales;
+}
+
+/* Walks every tensor in file order; with w->base set, points m's fields into it. */
+static void walk(walker *w, sb_model *m) {
+    const sb_config *c = &m->cfg;
+    int L = c->n_layers, dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim;
+    m->rms_att = take_floats(w, (uint64_t)L * dim);
+    m->rms_ffn = take_floats(w, (uint64_t)L * dim);
+    m->rms_final = take_floats(w, (uint64_t)dim);
+    m->embedding = take_matrix(w, c->vocab_size, dim);
+    const int shapes[7][2] = {{dim, dim}, {kvd, dim}, {kvd, dim}, {dim, dim},
+                              {hid, dim}, {dim, hid}, {hid, dim}};
+    sb_matrix *mats[7] = {m->wq, m->wk, m->wv, m->wo, m->w1, m->w2, m->w3};
+    if (w->storybot) { // layer by layer
+        for (int l = 0; l < L; l++) {
+            for (int k = 0; k < 7; k++) mats[k][l] = take_matrix(w, shapes[k][0], shapes[k][1]);
+        }
+    } else { // tensor by tensor, as export.py writes them
+        for (int k = 0; k < 7; k++) {
+            for (int l = 0; l < L; l++) mats[k][l] = take_matrix(w, shapes[k][0], shapes[k][1]);
+        }
+    }
+    m->wcls = c->shared ? m->embedding : take_matrix(w, c->vocab_size, dim);
+}
+
+// ----------------------------------------------------------------------------
+// headers
+
+static sb_status parse_storybot(const unsigned char *h, sb_model *m, walker *w,
+                                uint64_t *declared, char *err) {
+    uint32_t version = u32_at(h + 4), fmt = u32_at(h + 16), gs = u32_at(h + 20);
+    uint32_t rows = u32_at(h + 24), align = u32_at(h + 28), shared = u32_at(h + 60);
+    if (version != SBQ_VERSION) {
+        return sb_fail(err, SB_ERR_FORMAT, "storybot model version %u; this library reads "
+                       "version %d", version, SBQ_VERSION);
+    }
+    if (memcmp(h + 8, "llama2\0\0", 8) != 0) {
+        return sb_fail(err, SB_ERR_FORMAT, "architecture '%.8s' is not supported (llama2)",
+                       (const char *)(h + 8));
+    }
+    if (fmt != 1 && fmt != 2) {
+        return sb_fail(err, SB_ERR_FORMAT, "unknown weight format %u (1 = q8_0, 2 = q4_0)", fmt);
+    }
+    if (gs != SB_QK || rows != SB_QK || align != SBQ_ALIGN) {
+        return sb_fail(err, SB_ERR_FORMAT, "group size %u, row block %u, alignment %u: this "
+                       "library reads %d, %d, %d", gs, rows, align, SB_QK, SB_QK, SBQ_ALIGN);
+    }
+    if (shared > 1) return sb_fail(err, SB_ERR_FORMAT, "shared classifier flag is %u", shared);
+    for (int i = 104; i < HEADER_BYTES; i++) {
+        if (h[i]) return sb_fail(err, SB_ERR_FORMAT, "reserved header byte %d is not zero "
+                                 "(a newer format?)", i);
+    }
+    int32_t cfg[7];
+    memcpy(cfg, h + 32, sizeof cfg);
+    if (cfg[5] <= 0) return sb_fail(err, SB_ERR_FORMAT, "vocab_size %d must be > 0", (int)cfg[5]);
+    if (!shared) cfg[5] = -cfg[5];
+    sb_status s = sb_check_config(cfg, &m->cfg, err);
+    if (s != SB_OK) return s;
+    memcpy(declared, h + 96, sizeof *declared);
+    w->storybot = 1;
+    w->type = fmt == 1 ? SB_Q8_0 : SB_Q4_0;
+    w->group_size = SB_QK;
+    m->format = fmt == 1 ? "storybot-q8_0" : "storybot-q4_0";
+    return SB_OK;
+}
+
+static sb_status parse_ak42(const unsigned char *h, sb_model *m, walker *w, char *err) {
+    int32_t version, cfg[7], gs;
+    memcpy(&version, h + 4, sizeof version);
+    memcpy(cfg, h + 8, sizeof cfg);
+    memcpy(&gs, h + 37, sizeof gs); // export.py packs it right after the flag byte
+    if (version != 2) {
+        return sb_fail(err, SB_ERR_FORMAT, "llama2.c ak42 version %d is not supported (this "
+                       "library reads version 2, int8; use the v0 file for fp32)", (int)version);
+    }
+    if (h[36] > 1) return sb_fail(err, SB_ERR_FORMAT, "shared classifier flag is %d", h[36]);
+    if (cfg[5] <= 0) return sb_fail(err, SB_ERR_FORMAT, "vocab_size %d must be > 0", (int)cfg[5]);
+    if (!h[36]) cfg[5] = -cfg[5];
+    sb_status s = sb_check_config(cfg, &m->cfg, err);
+    if (s != SB_OK) return s;
+    w->storybot = 0;
+    w->type = SB_Q8_ROWS;
+    w->group_size = gs;
+    m->format = "llama2c-q8-ak42";
+    return SB_OK;
+}
+
+/* Every matrix's columns must be whole groups, for the weights and the activations. */
+static sb_status check_groups(const sb_config *c, int gs, char *err) {
+    if (gs <= 0) return sb_fail(err, SB_ERR_FORMAT, "group size %d must be > 0", gs);
+    if (c->dim % gs) {
+        return sb_fail(err, SB_ERR_FORMAT, "group size %d does not divide dim %d", gs, c->dim);
+    }
+    if (c->hidden_dim % gs) {
+        return sb_fail(err, SB_ERR_FORMAT, "group size %d does not divide hidden_dim %d", gs,
+                       c->hidden_dim);
+    }
+    if (gs % SB_QK) {
+        return sb_fail(err, SB_ERR_FORMAT, "group size %d is not a multiple of %d, which the "
+                       "int8 kernels need", gs, SB_QK);
+    }
+    return SB_OK;
+}
+
+// ----------------------------------------------------------------------------
+// load
+
+sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic,
+                              const char *path, char *err) {
+    unsigned char h[HEADER_BYTES];
+    if (size < HEADER_BYTES) {
+        return sb_fail(err, SB_ERR_FORMAT, "model %s is %llu bytes: truncated inside its "
+                       "%d-byte header", path, (unsigned long long)size, HEADER_BYTES);
+    }
+    if (pread(fd, h, sizeof h, 0) != (ssize_t)sizeof h) {
+        return sb_fail(err, SB_ERR_IO, "cannot read model %s: %s", path, strerror(errno));
+    }
+    walker w = {0};
+    uint64_t declared = 0;
+    sb_status s = magic == SBQ_MAGIC ? parse_storybot(h, m, &w, &declared, err)
+                                     : parse_ak42(h, m, &w, err);
+    if (s == SB_OK) s = check_groups(&m->cfg, w.group_size, err);
+    if (s != SB_OK) return s;
+
+    int L = m->cfg.n_layers;
+    m->matrices = calloc((size_t)L * 7, sizeof(sb_matrix));
+    if (!m->matrices) return sb_fail(err, SB_ERR_NOMEM, "out of memory for the matrix table");
+    m->wq = m->matrices;
+    m->wk = m->wq + L;
+    m->wv = m->wk + L;
+    m->wo = m->wv + L;
+    m->w1 = m->wo + L;
+    m->w2 = m->w1 + L;
+    m->w3 = m->w2 + L;
+
+    w.at = HEADER_BYTES;
+    walk(&w, m); // sizes only
+    uint64_t expected = w.at;
+    if (magic == SBQ_MAGIC && declared != expected) {
+        return sb_fail(err, SB_ERR_FORMAT, "model %s: header says %llu bytes but its config "
+                       "implies %llu (corrupt header)", path, (unsigned long long)declared,
+                       (unsigned long long)expected);
+    }
+    if (size != expected) {
+        return sb_fail(err, SB_ERR_FORMAT, "model %s is %llu bytes but its header implies %llu "
+                       "(%s)", path, (unsigned long long)size, (unsigned long long)expected,
+                       size < expected ? "truncated" : "unexpected trailing data");
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+        return sb_fail(err, SB_ERR_IO, "cannot map model %s: %s", path, strerror(errno));
+    }
+    m->map = map;
+    m->map_len = size;
+    w.base = map;
+    w.at = HEADER_BYTES;
+    walk(&w, m);
+
+    // read per token: every matrix, the norms, and one embedding row (not the whole table)
+    uint64_t bytes = sizeof(float) * (uint64_t)m->cfg.dim * (2 * (uint64_t)L + 1);
+    for (int i = 0; i < 7 * L; i++) bytes += bytes_of(&w, &m->matrices[i]);
+    bytes += bytes_of(&w, &m->wcls);
+    bytes += bytes_of(&w, &m->embedding) / (uint64_t)m->cfg.vocab_size;
+    m->weight_bytes = (size_t)bytes;
+    m->qkernels = sb_qkernels_pick(m->kernels == &sb_kernels_generic);
+    return SB_OK;
+}

@@ -1,0 +1,27 @@
+/* testhooks.h: internal entry points for the tests (tests/test_quant.py reaches them
+ * through a separate cffi cdef; native/tests/qkernels_test.c links them directly).
+ * Not part of the public API: names and arguments may change with the kernels. */
+#ifndef STORYBOT_TESTHOOKS_H
+#define STORYBOT_TESTHOOKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Writes the names of this CPU's quantized kernel sets, comma-separated, into buf;
+ * returns how many there are. */
+int sb_test_qkernels(char *buf, size_t len);
+/* x (n,) -> Q8_0 with the named set; returns 0, or -1 for an unknown set or a bad n. */
+int sb_test_quantize_q8(const char *kernels, int8_t *xq, float *xs, int32_t *xsum,
+                        const float *x, int n);
+/* out (d,) = W @ x with the named set; type 1 = q8_0 blocks, 2 = q4_0 blocks,
+ * 3 = row-major int8 with group size gs (llama2.c ak42). Returns 0 or -1. */
+int sb_test_qmatvec(const char *kernels, int type, float *out, const int8_t *xq,
+                    const float *xs, const int32_t *xsum, const void *w, const float *ws,
+                    int n, int d, int gs);
+/* fp16 KV helpers of the named set: op 0 stores a (n,) as halves into out, op 1 is
+ * f16_scores(out, a, b, head_size, stride = seq_len, n), op 2 is
+ * f16_mix(out, a, b, head_size, stride, n). Returns 0 or -1. */
+int sb_test_f16(const char *kernels, int op, float *out, const float *a, const void *b,
+                int head_size, int stride, int n);
+
+#endif

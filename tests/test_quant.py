@@ -1,0 +1,374 @@
+"""Quantized models: the converter, the loaders (storybot q8_0 / q4_0, llama2.c ak42),
+their error messages, the int8 kernels of every build this machine runs (and riscv64
+builds under qemu when tools/riscv is set up), and the fp16 KV cache."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from modelgen import Header, write_model
+from quantgen import ak42_header, write_ak42
+from robot import quantize as Q
+from robot.engine import Engine, EngineError, Params
+
+SMALL = Header(dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, seq_len=32)
+GROUP = Q.GROUP
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small random fp32 checkpoint and its three quantized versions."""
+    d = tmp_path_factory.mktemp("small")
+    src = write_model(d / "small.bin", SMALL, seed=3)
+    out = {"fp32": src}
+    for fmt in ("q8_0", "q4_0"):
+        Q.convert(src, d / f"small.{fmt}.bin", fmt, show_progress=False)
+        out[fmt] = d / f"small.{fmt}.bin"
+    out["ak42"] = write_ak42(src, d / "small.ak42.bin", group_size=32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory, model_path):
+    """stories15M in every quantized format."""
+    d = tmp_path_factory.mktemp("real")
+    out = {"fp32": model_path}
+    for fmt in ("q8_0", "q4_0"):
+        Q.convert(model_path, d / f"stories15M.{fmt}.bin", fmt, show_progress=False)
+        out[fmt] = d / f"stories15M.{fmt}.bin"
+    out["ak42"] = write_ak42(model_path, d / "stories15M.ak42.bin")
+    return out
+
+
+def open_error(path, tokenizer_path) -> EngineError:
+    with pytest.raises(EngineError) as e:
+        Engine(path, tokenizer_path)
+    return e.value
+
+
+# ----------------------------------------------------------------------------
+# converter
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_round_trip_within_half_a_step(small, fmt):
+    c, tensors = Q.read_llama2c(small["fp32"])
+    h = Q.read_header(small[fmt])
+    assert (h.format, h.group_size, h.config) == (fmt, GROUP, c)
+    assert h.source_sha256 == Q.sha256_file(small["fp32"])
+    assert h.file_size == small[fmt].stat().st_size
+    names = ["token_embedding"] + [f"{w}.{l}" for l in range(c.n_layers)
+                                   for w in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")]
+    qmax = 127 if fmt == "q8_0" else 7
+    for name in names:
+        base, _, layer = name.partition(".")
+        w = np.asarray(tensors[base][int(layer)] if layer else tensors[base], np.float32)
+        deq = Q.read_matrix(small[fmt], name)
+        scale = np.abs(w.reshape(w.shape[0], -1, GROUP)).max(axis=2) / qmax
+        bound = np.repeat(scale, GROUP, axis=1) / 2 * (1 + 1e-5) + 1e-12
+        assert np.all(np.abs(w - deq) <= bound), name
+
+
+def test_norms_are_copied_exactly(small):
+    c, tensors = Q.read_llama2c(small["fp32"])
+    raw = small["q8_0"].read_bytes()
+    for name, shape, offset, nbytes in Q.layout(c, "q8_0"):
+        if name.startswith("rms"):
+            got = np.frombuffer(raw[offset:offset + nbytes], "<f4").reshape(shape)
+            assert np.array_equal(got, tensors[name]), name
+        if nbytes:
+            assert offset % 64 == 0, name  # every tensor 64-byte aligned for mmap
+
+
+def test_converter_refuses_what_it_cannot_quantize(tmp_path):
+    odd = write_model(tmp_path / "odd.bin", Header(dim=48, hidden_dim=64, n_heads=4))
+    with pytest.raises(Q.FormatError, match="group size 32 does not divide dim 48"):
+        Q.convert(odd, tmp_path / "x.bin", "q8_0", show_progress=False)
+    with pytest.raises(Q.FormatError, match="already quantized"):
+        Q.read_llama2c(write_ak42(write_model(tmp_path / "ok.bin", SMALL), tmp_path / "a.bin"))
+
+
+def test_quantize_command_prints_progress(tmp_path, small):
+    out = tmp_path / "cli.q4.bin"
+    r = subprocess.run(["python", "-m", "robot.cli", "quantize", str(small["fp32"]), str(out),
+                        "-f", "q4_0"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {out}: q4_0" in r.stdout
+    assert out.read_bytes() == small["q4_0"].read_bytes()  # deterministic
+    bar = Q.Progress(3, "x", stream=__import__("io").StringIO(), force=True)
+    for _ in range(3):
+        bar.step("t")
+    assert bar.stream.getvalue().endswith("  3/3 t           \n")
+
+
+# ----------------------------------------------------------------------------
+# loading and generating
+
+@pytest.mark.parametrize("fmt,name", [("q8_0", "storybot-q8_0"), ("q4_0", "storybot-q4_0"),
+                                      ("ak42", "llama2c-q8-ak42")])
+def test_real_model_tells_a_story(real, tokenizer_path, fmt, name):
+    with Engine(real["fp32"], tokenizer_path) as e32:
+        ref = [t.id for t in e32.tokens("Once upon a time", Params(temperature=0, steps=40))]
+    with Engine(real[fmt], tokenizer_path) as e:
+        assert e.info.format == name
+        assert e.info.weight_bytes < (18e6 if fmt != "q4_0" else 10e6)
+        tokens = list(e.tokens("Once upon a time", Params(temperature=0, steps=40)))
+        text = b"".join(t.piece for t in tokens).decode()
+    assert text.startswith("Once upon a time") and len(tokens) == 40
+    # greedy int8 follows fp32 for a while (q4 drifts sooner)
+    same = next((i for i, (a, b) in enumerate(zip(ref, [t.id for t in tokens])) if a != b), 40)
+    assert same >= (12 if fmt != "q4_0" else 8)  # 4 of them the prompt
+
+
+def test_native_cli_runs_quantized(real, cli, tokenizer_path, tmp_path):
+    for fmt in ("q8_0", "q4_0", "ak42"):
+        r = subprocess.run([str(cli), str(real[fmt]), "-z", str(tokenizer_path), "-t", "0",
+                            "-n", "24", "-i", "Once upon a time"], capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout.startswith(b"Once upon a time") and b"achieved tok/s" in r.stderr
+
+
+def test_fixed_seed_is_deterministic(real, tokenizer_path):
+    params = Params(temperature=1.0, topp=0.9, seed=42, steps=60)
+    runs = []
+    for _ in range(2):
+        with Engine(real["q8_0"], tokenizer_path) as e:
+            runs.append([t.id for t in e.tokens("Lily", params)])
+            runs.append([t.id for t in e.tokens("Lily", params)])
+    assert all(r == runs[0] for r in runs)
+
+
+def test_generic_and_tuned_kernels_agree(real, tokenizer_path):
+    text = "Once upon a time, there was a little dog named Max. Max liked to run in the park."
+    scores = []
+    for kernels in ("generic", "auto"):
+        with Engine(real["q8_0"], tokenizer_path, Params(kernels=kernels)) as e:
+            scores.append(np.array(e.score(e.tokenize(text))))
+    # the products agree to rounding; a rounding can flip an activation's int8 step, so
+    # compare the mean, not every token
+    assert abs(scores[0].mean() - scores[1].mean()) < 0.01
+
+
+def test_fp16_kv_cache_is_close_to_fp32(real, tokenizer_path, engine):
+    text = Path(REPO.parent / "shared" / "eval" / "stories15M_samples.txt").read_text()
+    story = text.split("<|story|>")[1].strip()
+    tokens = engine.tokenize(story)[:256]
+    exact = np.array(engine.score(tokens))
+    for kernels in ("generic", "auto"):
+        with Engine(real["fp32"], tokenizer_path, Params(kv_fp16=True, kernels=kernels)) as e:
+            half = np.array(e.score(tokens))
+            assert np.abs(half - exact).max() < 0.05
+            assert abs(half.mean() - exact.mean()) < 0.002
+            with pytest.raises(ValueError, match="KV cache"):
+                list(e.tokens("x", Params(kv_fp16=False, kernels=kernels)))
+    with Engine(real["q8_0"], tokenizer_path, Params(kv_fp16=True)) as e:
+        assert b"".join(t.piece for t in e.tokens("Once", Params(temperature=0, steps=20,
+                                                                 kv_fp16=True)))
+
+
+# ----------------------------------------------------------------------------
+# broken files
+
+def patched(src: Path, dst: Path, offset: int, data: bytes) -> Path:
+    raw = bytearray(src.read_bytes())
+    raw[offset:offset + len(data)] = data
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "ak42"])
+def test_truncated_files_are_refused(small, tokenizer_path, tmp_path, fmt):
+    raw = small[fmt].read_bytes()
+    for n in sorted({0, 3, 4, 27, 28, 100, 255, 256, 257, 1000, len(raw) // 2, len(raw) - 64,
+                     len(raw) - 1}):
+        path = tmp_path / f"t{n}.bin"
+        path.write_bytes(raw[:n])
+        err = open_error(path, tokenizer_path)
+        assert err.status_name == "bad file format", (n, str(err))
+        if n >= 28:
+            assert re.search(r"truncated|header implies", str(err)), (n, str(err))
+    (tmp_path / "long.bin").write_bytes(raw + b"\0")
+    assert "trailing" in str(open_error(tmp_path / "long.bin", tokenizer_path))
+
+
+def test_bad_headers_are_refused_with_reasons(small, tokenizer_path, tmp_path):
+    q8 = small["q8_0"]
+    cases = [
+        (0, b"SBQX", "out of range"),                       # unknown magic: read as v0
+        (4, struct.pack("<I", 2), "version 2; this library reads version 1"),
+        (8, b"gpt2\0\0\0\0", "architecture 'gpt2'"),
+        (16, struct.pack("<I", 9), "unknown weight format 9"),
+        (20, struct.pack("<I", 64), "group size 64"),
+        (60, struct.pack("<I", 7), "shared classifier flag"),
+        (96, struct.pack("<Q", 123), "header says 123 bytes"),
+        (200, b"\1", "reserved header byte 200"),
+        (32, struct.pack("<i", 48), "group size 32 does not divide dim 48"),
+    ]
+    for offset, data, message in cases:
+        err = open_error(patched(q8, tmp_path / "bad.bin", offset, data), tokenizer_path)
+        assert message in str(err), (message, str(err))
+    ak = small["ak42"]
+    err = open_error(patched(ak, tmp_path / "v1.bin", 4, struct.pack("<i", 1)), tokenizer_path)
+    assert "ak42 version 1 is not supported" in str(err)
+
+
+def test_ak42_group_sizes(tmp_path, tokenizer_path):
+    c = Q.Config(*SMALL.__dict__.values(), shared=True)
+    for gs, message in ((0, "group size 0 must be > 0"), (40, "does not divide dim 64"),
+                        (16, "not a multiple of 32")):
+        path = tmp_path / f"gs{gs}.bin"
+        path.write_bytes(ak42_header(c, gs) + b"\0" * 4096)
+        assert message in str(open_error(path, tokenizer_path))
+    # a group of 64 (two activation groups per weight scale) works
+    src = write_model(tmp_path / "s.bin", Header(dim=64, hidden_dim=128, n_heads=4, seq_len=32), seed=5)
+    with Engine(write_ak42(src, tmp_path / "g64.bin", 64), tokenizer_path) as e:
+        assert len(list(e.tokens("Hi", Params(temperature=0, steps=8)))) == 8
+
+
+def test_source_mismatch_is_reported_not_fatal(small, tokenizer_path, tmp_path):
+    assert Q.source_mismatch(small["q8_0"], small["fp32"]) is None
+    other = write_model(tmp_path / "other.bin", SMALL, seed=99)
+    warning = Q.source_mismatch(small["q8_0"], other)
+    assert warning and "made from a checkpoint with sha256" in warning
+    with Engine(small["q8_0"], tokenizer_path) as e:  # loads all the same
+        assert e.info.format == "storybot-q8_0"
+
+
+# ----------------------------------------------------------------------------
+# kernels against numpy, every set this machine runs
+
+def kernel_sets():
+    from robot._native import ffi, lib
+
+    buf = ffi.new("char[]", 256)
+    lib.sb_test_qkernels(buf, 256)
+    return ffi.string(buf).decode().split(",")
+
+
+def _ptr(a, ctype):
+    from robot._native import ffi
+
+    return ffi.cast(ctype, ffi.from_buffer(a))
+
+
+def quantize_ref(x):
+    g = x.reshape(-1, GROUP)
+    amax = np.abs(g).max(axis=1)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.rint(g * inv[:, None]).astype(np.int8)
+    return q.reshape(-1), (amax / np.float32(127)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kernels", kernel_sets())
+@pytest.mark.parametrize("n,d", [(288, 288), (768, 288), (288, 768), (64, 33), (96, 100)])
+def test_int8_kernels_match_numpy(kernels, n, d):
+    from robot._native import lib
+
+    rng = np.random.default_rng(n * 1000 + d)
+    x = rng.standard_normal(n).astype(np.float32)
+    x[:5] = 0  # zeros, and below a whole group of zeros
+    x[32:64] = 0
+    xq, xs, xsum = np.zeros(n, np.int8), np.zeros(n // GROUP, np.float32), np.zeros(n // GROUP, np.int32)
+    assert lib.sb_test_quantize_q8(kernels.encode(), _ptr(xq, "int8_t *"), _ptr(xs, "float *"),
+                                   _ptr(xsum, "int32_t *"), _ptr(x, "float *"), n) == 0
+    q_ref, s_ref = quantize_ref(x)
+    assert np.array_equal(xq, q_ref) and np.array_equal(xs, s_ref)
+    assert np.array_equal(xsum, q_ref.reshape(-1, GROUP).sum(axis=1, dtype=np.int32))
+
+    w = rng.standard_normal((d, n)).astype(np.float32)
+    xg = xq.astype(np.int64).reshape(1, -1, GROUP)
+    for typ, fmt in ((1, "q8_0"), (2, "q4_0"), (3, "rows")):
+        gs = 64 if (fmt == "rows" and n % 64 == 0) else GROUP
+        if fmt == "rows":
+            qr = rng.integers(-127, 128, size=(d, n), dtype=np.int8)
+            sr = rng.uniform(1e-3, 1e-1, size=d * n // gs).astype(np.float32)
+            data, scales = qr.tobytes(), sr
+            qq, srow = qr.astype(np.int64), np.repeat(sr.reshape(d, -1), gs // GROUP, axis=1)
+        else:
+            qq, srow = (Q.quantize_q8 if fmt == "q8_0" else Q.quantize_q4)(w)
+            data, sbytes = Q.pack_blocks(qq, srow, fmt)
+            scales, qq = np.frombuffer(sbytes, np.float32).copy(), qq.astype(np.int64)
+        want = ((qq.reshape(d, -1, GROUP) * xg).sum(axis=2) * srow.astype(np.float64)
+                * xs.astype(np.float64)).sum(axis=1)
+        out = np.full(d + 1, 7.0, np.float32)
+        buf = np.frombuffer(data, np.uint8).copy()
+        assert lib.sb_test_qmatvec(kernels.encode(), typ, _ptr(out, "float *"), _ptr(xq, "int8_t *"),
+                                   _ptr(xs, "float *"), _ptr(xsum, "int32_t *"), _ptr(buf, "void *"),
+                                   _ptr(scales, "float *"), n, d, gs) == 0
+        tol = 2e-6 * np.abs(want).max()
+        assert np.abs(out[:d] - want).max() <= tol, fmt
+        assert out[d] == 7.0  # padding rows are not written
+
+
+@pytest.mark.parametrize("kernels", kernel_sets())
+def test_fp16_kernels_match_numpy(kernels):
+    from robot._native import lib
+
+    rng = np.random.default_rng(1)
+    special = np.array([0, -0.0, 1, -2.5, 65504, 65520, 1e-8, 5.9604645e-8, 6.1035156e-5,
+                        1 + 2**-11, 1 + 3 * 2**-11, np.inf, -np.inf], np.float32)
+    x = np.concatenate([special, rng.standard_normal(37).astype(np.float32) * 100])
+    out = np.zeros(len(x), np.uint16)
+    assert lib.sb_test_f16(kernels.encode(), 0, _ptr(out, "float *"), _ptr(x, "float *"),
+                           _ptr(out, "void *"), 0, 0, len(x)) == 0
+    with np.errstate(over="ignore"):  # 65520 rounds to inf, on purpose
+        assert np.array_equal(out, x.astype(np.float16).view(np.uint16))
+
+    hs, seq, n = 48, 40, 37
+    kt = rng.standard_normal((hs, seq)).astype(np.float16)
+    q = rng.standard_normal(hs).astype(np.float32)
+    att = np.zeros(seq, np.float32)
+    lib.sb_test_f16(kernels.encode(), 1, _ptr(att, "float *"), _ptr(q, "float *"),
+                    _ptr(kt, "void *"), hs, seq, n)
+    np.testing.assert_allclose(att[:n], q @ kt.astype(np.float32)[:, :n], rtol=1e-5, atol=1e-5)
+    v = rng.standard_normal((seq, 96)).astype(np.float16)
+    a = rng.uniform(0, 1, seq).astype(np.float32)
+    mixed = np.zeros(hs, np.float32)
+    lib.sb_test_f16(kernels.encode(), 2, _ptr(mixed, "float *"), _ptr(a, "float *"),
+                    _ptr(v.reshape(-1)[8:], "void *"), hs, 96, n)
+    np.testing.assert_allclose(mixed, a[:n] @ v.astype(np.float32)[:n, 8:8 + hs], rtol=1e-5, atol=1e-5)
+
+
+def test_native_kernel_selftest():
+    r = subprocess.run(["make", "-s", "-C", str(REPO / "native"), "qtest"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^\d+ passed, 0 failed$", r.stdout, re.M), r.stdout
+
+
+# ----------------------------------------------------------------------------
+# riscv64 builds under qemu (when tools/riscv/setup.sh has run)
+
+RISCV_ENV = REPO / "tools" / "riscv" / "env.sh"
+
+
+def riscv_env():
+    if not RISCV_ENV.exists() or not shutil.which("bash"):
+        return None
+    r = subprocess.run(["bash", "-c", f". {RISCV_ENV} 2>&1 && env"], capture_output=True, text=True)
+    if r.returncode != 0 or "environment incomplete" in r.stdout:
+        return None
+    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+
+@pytest.mark.parametrize("cc,qemu", [("RV_CC_CLANG", "QEMU_RVV"), ("RV_CC_XTHEAD", "QEMU_C906")])
+def test_riscv_kernels_under_qemu(cc, qemu, tmp_path):
+    env = riscv_env()
+    if not env or not env.get(cc):
+        pytest.skip("riscv toolchains not set up (bash tools/riscv/setup.sh)")
+    build = tmp_path / "build"  # under /tmp: visible to the GCC 14 chroot wrapper
+    r = subprocess.run(["make", "-s", "-C", str(REPO / "native"), f"BUILD={build}", f"CC={env[cc]}",
+                        f"{build}/qkernels_test"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(env[qemu].split() + [str(build / "qkernels_test")], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"kernel sets: generic (rvv|xtheadvector)$", r.stdout, re.M), r.stdout
+    assert re.search(r"^\d+ passed, 0 failed$", r.stdout, re.M), r.stdout
