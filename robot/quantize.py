@@ -367,7 +367,9 @@ def convert(src, dst, fmt: str = "q8_0", show_progress: Optional[bool] = None) -
 
 
 def cmd_quantize(args) -> int:
-    size = convert(args.model, args.output, args.format,
+    from . import models
+
+    size = convert(models.find(args.model), args.output, args.format,
                    show_progress=False if args.quiet else None)
     print(f"wrote {args.output}: {args.format}, {size / 1e6:.1f} MB")
     return 0

@@ -98,24 +98,17 @@ static void rope(float *vec, int n, int head_size, const float *fcr, const float
 
 /* One head's attention at pos. kt: this head's keys (head_size, seq_len), transposed;
  * vals: the layer's values (seq_len, kv_dim) from this head's offset. */
-static void attend(float *out, const float *q, float *att, const float *kt, const float *vals,
-                   int head_size, int kv_dim, int seq_len, int pos) {
-    // scores: every t accumulates over i in the reference's order, with t innermost
+static void attend(const sb_kernel_set *k, float *out, const float *q, float *att,
+                   const float *kt, const float *vals, int head_size, int kv_dim, int seq_len,
+                   int pos) {
+    // scores: every t accumulates over i in the reference's order, all t at once
     memset(att, 0, sizeof(float) * (size_t)(pos + 1));
-    for (int i = 0; i < head_size; i++) {
-        const float *krow = kt + (size_t)i * seq_len;
-        float qi = q[i];
-        for (int t = 0; t <= pos; t++) att[t] += qi * krow[t];
-    }
+    for (int i = 0; i < head_size; i++) k->axpy_f32(att, q[i], kt + (size_t)i * seq_len, pos + 1);
     float scale = sqrtf((float)head_size);
     for (int t = 0; t <= pos; t++) att[t] /= scale;
     sb_softmax(att, pos + 1);
     memset(out, 0, sizeof(float) * (size_t)head_size);
-    for (int t = 0; t <= pos; t++) {
-        const float *v = vals + (size_t)t * kv_dim;
-        float a = att[t];
-        for (int i = 0; i < head_size; i++) out[i] += a * v[i];
-    }
+    for (int t = 0; t <= pos; t++) k->axpy_f32(out, att[t], vals + (size_t)t * kv_dim, head_size);
 }
 
 /* With kv_fp16: stores k and v at pos in the half caches (same layout as the fp32 ones)
@@ -217,9 +210,9 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
 
             for (int h = 0; h < c->n_heads; h++) {
                 int kvh = h / kv_mul;
-                attend(s->xb + (size_t)h * hs, s->q + (size_t)h * hs, s->att + (size_t)h * c->seq_len,
-                       kc + (size_t)kvh * hs * c->seq_len, s->value_cache + loff + (size_t)kvh * hs,
-                       hs, kvd, c->seq_len, pos);
+                attend(m->kernels, s->xb + (size_t)h * hs, s->q + (size_t)h * hs,
+                       s->att + (size_t)h * c->seq_len, kc + (size_t)kvh * hs * c->seq_len,
+                       s->value_cache + loff + (size_t)kvh * hs, hs, kvd, c->seq_len, pos);
             }
         }
 

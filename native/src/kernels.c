@@ -14,10 +14,15 @@ static void matvec_f32_generic(float *out, const float *x, const float *w, int n
     }
 }
 
+static void axpy_f32_generic(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
 const sb_kernel_set sb_kernels_generic = {
     .name = "generic",
     .f32_rows = 1,
     .matvec_f32 = matvec_f32_generic,
+    .axpy_f32 = axpy_f32_generic,
 };
 
 void sb_pack_rows_f32(float *dst, const float *src, int rows, int cols, int block) {

@@ -17,6 +17,9 @@ typedef struct {
     int f32_rows;
     /* out (d,) = W (d, n) @ x (n,), W packed as above (any d). */
     void (*matvec_f32)(float *out, const float *x, const float *w, int n, int d);
+    /* y (n,) += a * x (n,), each element a rounded product then a rounded sum: attention
+     * accumulates its scores and its weighted values with this, term by term. */
+    void (*axpy_f32)(float *y, float a, const float *x, int n);
 } sb_kernel_set;
 
 /* The fastest set this CPU runs (generic_only = 1 forces the portable set). */

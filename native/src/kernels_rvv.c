@@ -41,9 +41,18 @@ static void matvec_f32_rvv(float *out, const float *x, const float *w, int n, in
     }
 }
 
+static void axpy_f32_rvv(float *y, float a, const float *x, int n) {
+    for (size_t vl; n > 0; n -= (int)vl, x += vl, y += vl) {
+        vl = __riscv_vsetvl_e32m8((size_t)n);
+        vfloat32m8_t p = __riscv_vfmul_vf_f32m8(__riscv_vle32_v_f32m8(x, vl), a, vl);
+        __riscv_vse32_v_f32m8(y, __riscv_vfadd_vv_f32m8(__riscv_vle32_v_f32m8(y, vl), p, vl), vl);
+    }
+}
+
 const sb_kernel_set sb_kernels_rvv = {
     .name = "rvv",
     .f32_rows = ROWS,
     .matvec_f32 = matvec_f32_rvv,
+    .axpy_f32 = axpy_f32_rvv,
 };
 #endif

@@ -71,9 +71,21 @@ static void matvec_f32_avx2(float *out, const float *x, const float *w, int n, i
     }
 }
 
+__attribute__((target("avx2")))
+static void axpy_f32_avx2(float *y, float a, const float *x, int n) {
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 p = _mm256_mul_ps(av, _mm256_loadu_ps(x + i));
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), p));
+    }
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
 const sb_kernel_set sb_kernels_avx2 = {
     .name = "avx2",
     .f32_rows = ROWS,
     .matvec_f32 = matvec_f32_avx2,
+    .axpy_f32 = axpy_f32_avx2,
 };
 #endif
