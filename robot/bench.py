@@ -18,7 +18,7 @@ import re
 import shlex
 import statistics
 import subprocess
-import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -79,16 +79,18 @@ def make(target_dir: str, cc: Optional[str] = None) -> Path:
 
 
 def _timed(argv: List[str]) -> tuple:
-    """Runs argv to completion; returns (stdout, stderr, peak RSS MB of that child)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): "
-                           f"{err.decode(errors='replace')[-400:]}")
-    return out.decode(), err.decode(errors="replace"), usage.ru_maxrss / 1024
+    """Runs argv to completion; returns (stdout, stderr, peak RSS MB).
+
+    The peak comes from GNU time, not from wait4 here: a child of this Python inherits
+    Python's own peak RSS at exec, which would hide the program's."""
+    with tempfile.NamedTemporaryFile("r") as rss_file:
+        proc = subprocess.run(["/usr/bin/time", "-q", "-f", "%M", "-o", rss_file.name, *argv],
+                              capture_output=True)
+        if proc.returncode:
+            raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): "
+                               f"{proc.stderr.decode(errors='replace')[-400:]}")
+        rss_kb = int(rss_file.read().split()[-1])
+    return proc.stdout.decode(), proc.stderr.decode(errors="replace"), rss_kb / 1024
 
 
 def bench_host(name: str, binary: Path, model: Path, tok: Path, runs: int,
@@ -233,8 +235,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                           model, tok, args.runs, threads=n))
             results.append(bench_cli("storybot-run", [str(host / "storybot-run")], model, tok, args.runs))
             for base in args.baseline:
-                results.append(bench_cli(Path(shlex.split(base)[0]).name, shlex.split(base),
-                                         model, tok, args.runs))
+                if model != model_paths[0]:
+                    continue  # baselines run once per round, on the first model or their own
+                command, _, own_model = base.partition("::")
+                results.append(bench_cli(Path(shlex.split(command)[0]).name, shlex.split(command),
+                                         Path(own_model) if own_model else model, tok, args.runs))
     if args.riscv:
         env = riscv_env()
         for name in RISCV_BUILDS:
@@ -257,7 +262,8 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=int, default=1,
                    help="interleaved rounds of all host builds (default: %(default)s)")
     p.add_argument("--baseline", action="append", default=[],
-                   help="a run.c-compatible command to run beside ours, e.g. /tmp/run")
+                   help="a run.c-compatible command to run beside ours on the first model, "
+                        "or COMMAND::MODEL on its own model (e.g. runq with an ak42 file)")
     p.add_argument("--threads", type=int, action="append", default=[],
                    help="also time this many threads (repeat for several)")
     p.add_argument("--riscv", action="store_true",

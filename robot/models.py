@@ -59,7 +59,7 @@ def find(name_or_path: "str | os.PathLike[str]") -> Path:
     for d in search_dirs():
         if (d / path.name).is_file():
             return d / path.name
-    hint = f"; `storybot fetch-models` downloads it" if path.name in KNOWN else ""
+    hint = "; `storybot fetch-models` downloads it" if path.name in KNOWN else ""
     searched = ", ".join(str(d) for d in search_dirs())
     raise ModelNotFound(f"{path.name} is not in any of: {searched}{hint}")
 

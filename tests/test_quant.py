@@ -3,7 +3,6 @@ their error messages, the int8 kernels of every build this machine runs (and ris
 builds under qemu when tools/riscv is set up), and the fp16 KV cache."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import struct

@@ -39,7 +39,7 @@ if ((${#missing[@]})); then
 fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-extras=speech,quantize
+extras=speech,quantize,bench
 [[ $mode != story ]] && extras+=,test
 .venv/bin/pip install -q --upgrade pip >/dev/null
 # -e: the checkout is the package, so the tests and the native sources stay together
