@@ -66,11 +66,14 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
 
 def _registrars():
     """register(subparsers) of each module with a subcommand of its own."""
+    from .ask import register as ask
     from .bench import register as bench
+    from .board import register as serve
     from .evaluate import register as r_eval
     from .tellcmd import register as tell
+    from .voicehost import register as voice_host
 
-    return [tell, bench, r_eval]
+    return [serve, ask, voice_host, tell, bench, r_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,454 @@
+"""The link between board and voice host: Wyoming events over TCP, bounded and kept alive.
+
+Both machines speak the Wyoming protocol (the ``wyoming`` package): one JSON line per
+event, then optional extra data and a binary payload whose lengths the line gives.
+Standard events carry what Wyoming already names (``transcript``, ``synthesize``,
+``audio-start``/``audio-chunk``/``audio-stop``, ``ping``/``pong``, ``error``); the
+story has events of its own, listed in ``FIELDS`` with the fields their data must hold.
+
+Board to voice host::
+
+    listen          {listen: id, seconds}              open the mic for a prompt
+    story-start     {story: id, opening, source}       a story begins
+    story-sentence  {story, index, text}               one finished, clean sentence
+    story-end       {story, sentences}                 no more sentences will come
+    story-stop      {story}                            stop speaking now
+
+Voice host to board::
+
+    transcript      {text, listen: id}                 what was heard ("" for nothing)
+    story-spoken    {story, index, synth_seconds, audio_seconds}   a sentence was played
+    story-done      {story, spoken, cancelled}         the story's audio is over
+
+A typed prompt (``storybot ask``) to the board's control port::
+
+    story-request   {text}      answered with story-start, story-sentence..., story-end,
+                                or error {text, code: "busy"}
+
+Reading is bounded so a bad peer cannot take the memory: the JSON line is capped by
+the asyncio stream limit (64 KiB), data and payload by ``LinkSettings``. Malformed,
+oversized and unknown events are logged and dropped; the connection goes on. Each side
+pings; a peer silent for ``dead_after_seconds`` is taken for dead and dropped, so a
+pulled cable cannot hang a story.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from wyoming.client import AsyncTcpClient
+from wyoming.event import Event
+from wyoming.ping import Ping, Pong
+from wyoming.server import AsyncEventHandler, AsyncTcpServer
+
+_LOGGER = logging.getLogger(__name__)
+
+LISTEN = "listen"
+TRANSCRIPT = "transcript"
+STORY_REQUEST = "story-request"
+STORY_START = "story-start"
+STORY_SENTENCE = "story-sentence"
+STORY_END = "story-end"
+STORY_STOP = "story-stop"
+STORY_SPOKEN = "story-spoken"
+STORY_DONE = "story-done"
+SYNTHESIZE = "synthesize"
+ERROR = "error"
+
+# Events this link checks: type -> {field: accepted type(s)}. Other fields may come too.
+FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    LISTEN: {"listen": int, "seconds": (int, float)},
+    TRANSCRIPT: {"text": str, "listen": int},
+    STORY_REQUEST: {"text": str},
+    STORY_START: {"story": int, "opening": str},
+    STORY_SENTENCE: {"story": int, "index": int, "text": str},
+    STORY_END: {"story": int, "sentences": int},
+    STORY_STOP: {"story": int},
+    STORY_SPOKEN: {"story": int, "index": int},
+    STORY_DONE: {"story": int, "spoken": int, "cancelled": bool},
+    SYNTHESIZE: {"text": str},
+    ERROR: {"text": str},
+}
+
+_DISCARD_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """Limits and timing of one link, the same on both sides."""
+
+    max_data_bytes: int = 64 * 1024
+    """Largest extra data of one event (bytes); larger events are skipped unread."""
+    max_payload_bytes: int = 256 * 1024
+    """Largest binary payload of one event (bytes); larger ones are skipped unread."""
+    max_text_chars: int = 4000
+    """Longest text field accepted (characters); a sentence is at most a few hundred."""
+    ping_seconds: float = 2.0
+    """How often each side pings the other (s)."""
+    dead_after_seconds: float = 7.0
+    """Silence after which the peer is taken for dead (s); a few pings long."""
+    write_timeout_seconds: float = 5.0
+    """Longest wait for a peer to take what is written (s), then the link is dropped."""
+    connect_timeout_seconds: float = 5.0
+    """Longest wait for a TCP connection (s)."""
+    backoff_seconds: float = 0.5
+    """First wait before reconnecting or rebinding (s); doubles on each failure."""
+    max_backoff_seconds: float = 10.0
+    """Longest wait between tries (s)."""
+
+
+class LinkClosed(ConnectionError):
+    """The link is down: nothing can be sent now."""
+
+
+def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """("host", port) from "HOST:PORT" or ":PORT"; "[::1]:PORT" for IPv6."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]") or default_host, int(port)
+
+
+def check(event: Event, settings: LinkSettings) -> str | None:
+    """Why a known event is malformed, or None if it is fine (unknown types pass)."""
+    for name, kind in FIELDS.get(event.type, {}).items():
+        value = event.data.get(name)
+        # bool is an int to Python, but never a valid id, index or count.
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            return f"field {name!r} is {value!r}"
+        if isinstance(value, str) and len(value) > settings.max_text_chars:
+            return f"field {name!r} is {len(value)} characters long"
+    return None
+
+
+async def read_event(reader: asyncio.StreamReader, settings: LinkSettings) -> Event | None:
+    """The next well-framed event, or None at the end of the stream.
+
+    Unlike wyoming.event.async_read_event, which trusts the lengths a peer announces
+    and gives up on the first bad line, this skips what is malformed or too large
+    (reading it in small chunks) and carries on with the next event.
+    """
+    while True:
+        line = await _read_line(reader)
+        if line is None:
+            return None
+        if not line:
+            _LOGGER.warning("Dropped an event line longer than the stream limit")
+            continue
+        try:
+            header = json.loads(line)
+            kind, data = header["type"], header.get("data") or {}
+            data_length = header.get("data_length") or 0
+            payload_length = header.get("payload_length") or 0
+            if not (isinstance(kind, str) and isinstance(data, dict)
+                    and _is_length(data_length) and _is_length(payload_length)):
+                raise ValueError("bad field types")
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            _LOGGER.warning("Dropped a malformed event line (%s): %.80r", err, line)
+            continue
+        if data_length > settings.max_data_bytes or payload_length > settings.max_payload_bytes:
+            _LOGGER.warning("Dropped an oversized %r event (%d data, %d payload bytes)",
+                            kind, data_length, payload_length)
+            if not await _discard(reader, data_length + payload_length):
+                return None
+            continue
+        try:
+            if data_length:
+                extra = json.loads(await reader.readexactly(data_length))
+                if not isinstance(extra, dict):
+                    raise ValueError("data is not an object")
+                data.update(extra)
+            payload = await reader.readexactly(payload_length) if payload_length else None
+        except asyncio.IncompleteReadError:
+            return None
+        except ValueError as err:
+            # The data was read whole, so the stream is still in step: skip the payload too.
+            _LOGGER.warning("Dropped a %r event with malformed data (%s)", kind, err)
+            if not await _discard(reader, payload_length):
+                return None
+            continue
+        return Event(kind, data, payload)
+
+
+def _is_length(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes | None:
+    """One line; b"" for one over the stream limit (skipped); None at the end of the stream."""
+    too_long = False
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            return None
+        except asyncio.LimitOverrunError as err:
+            # What overran is still buffered: drop it and look for the line's end again.
+            await reader.readexactly(err.consumed)
+            too_long = True
+            continue
+        return b"" if too_long else line
+
+
+async def _discard(reader: asyncio.StreamReader, count: int) -> bool:
+    """Read and forget count bytes; False if the stream ended first."""
+    while count > 0:
+        chunk = await reader.read(min(count, _DISCARD_CHUNK))
+        if not chunk:
+            return False
+        count -= len(chunk)
+    return True
+
+
+async def within(awaitable: Awaitable, seconds: float):
+    """awaitable's result, or asyncio.TimeoutError after seconds.
+
+    Python 3.11's asyncio.wait_for loses a cancellation that lands just as the awaited
+    thing finishes (a refused connect, an event read), which can leave a task that
+    was told to stop running forever; asyncio.wait never does.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if not done:
+        raise asyncio.TimeoutError
+    return task.result()
+
+
+Handler = Callable[[Event], Awaitable[bool]]
+
+
+class Link:
+    """One open connection: keepalive, bounded reads, and sends that cannot hang.
+
+    peer is a wyoming client or event handler with read_event() (bounded, see below)
+    and write_event(). run() answers pings itself and hands every other well-formed
+    event to a handler until the peer closes, falls silent, or the handler returns False.
+    """
+
+    def __init__(self, peer, settings: LinkSettings, name: str) -> None:
+        self._peer = peer
+        self.settings = settings
+        self.name = name
+        self.closed = False
+
+    async def send(self, event: Event) -> None:
+        """Write one event; raises LinkClosed if the link is (or goes) down."""
+        if self.closed:
+            raise LinkClosed(f"link to {self.name} is closed")
+        try:
+            await within(self._peer.write_event(event), self.settings.write_timeout_seconds)
+        except (OSError, asyncio.TimeoutError) as err:
+            # A peer that takes nothing for this long is as good as gone.
+            self.closed = True
+            raise LinkClosed(f"link to {self.name} failed: {err!r}") from err
+
+    async def run(self, handle: Handler) -> None:
+        pinger = asyncio.create_task(self._ping(), name=f"ping {self.name}")
+        try:
+            while True:
+                try:
+                    event = await within(self._peer.read_event(),
+                                         self.settings.dead_after_seconds)
+                except asyncio.TimeoutError:
+                    _LOGGER.warning("No word from %s for %.1f s: taking it for dead",
+                                    self.name, self.settings.dead_after_seconds)
+                    return
+                except OSError as err:
+                    _LOGGER.info("Link to %s broke: %r", self.name, err)
+                    return
+                if event is None:
+                    _LOGGER.info("%s closed the link", self.name)
+                    return
+                if Ping.is_type(event.type):
+                    await self.send(Pong(text=event.data.get("text")).event())
+                    continue
+                if Pong.is_type(event.type):
+                    continue
+                problem = check(event, self.settings)
+                if problem is not None:
+                    _LOGGER.warning("Dropped a malformed %r event from %s: %s",
+                                    event.type, self.name, problem)
+                    continue
+                if not await handle(event):
+                    return
+        except LinkClosed as err:
+            _LOGGER.info("%s", err)
+        finally:
+            self.closed = True
+            pinger.cancel()
+            await asyncio.gather(pinger, return_exceptions=True)
+
+    async def _ping(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.settings.ping_seconds)
+                await self.send(Ping().event())
+        except LinkClosed:
+            pass  # the reader notices too, and ends the link
+
+
+class BoundedTcpClient(AsyncTcpClient):
+    """wyoming's TCP client with the bounded reader."""
+
+    def __init__(self, host: str, port: int, settings: LinkSettings) -> None:
+        super().__init__(host, port)
+        self.settings = settings
+
+    async def connect(self) -> None:
+        await within(super().connect(), self.settings.connect_timeout_seconds)
+
+    async def read_event(self) -> Event | None:
+        return await read_event(self._reader, self.settings)
+
+
+class LinkClient:
+    """Keeps a link to a server up: connects, reconnects with backoff, forever.
+
+    Events from the server go to handle(event). on_down() is awaited after a link goes
+    down, so the owner can react (the board stops a story whose voice is gone); up is
+    set while a link is up.
+    """
+
+    def __init__(self, host: str, port: int, handle: Handler, settings: LinkSettings,
+                 on_down: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.host, self.port = host, port
+        self.settings = settings
+        self._handle = handle
+        self._on_down = on_down
+        self.link: Link | None = None
+        self.up = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def send(self, event: Event) -> None:
+        """Send over the current link; raises LinkClosed while there is none."""
+        link = self.link
+        if link is None:
+            raise LinkClosed(f"not connected to {self.name}")
+        await link.send(event)
+
+    async def run(self) -> None:
+        backoff = self.settings.backoff_seconds
+        while True:
+            client = BoundedTcpClient(self.host, self.port, self.settings)
+            try:
+                await client.connect()
+            except (OSError, asyncio.TimeoutError) as err:
+                _LOGGER.info("Cannot reach %s (%r); retrying in %.1f s", self.name, err, backoff)
+                await asyncio.sleep(_jitter(backoff))
+                backoff = min(backoff * 2, self.settings.max_backoff_seconds)
+                continue
+            backoff = self.settings.backoff_seconds
+            _LOGGER.info("Connected to %s", self.name)
+            link = Link(client, self.settings, self.name)
+            try:
+                self.link = link
+                self.up.set()
+                await link.run(self._handle)
+            finally:
+                self.link = None
+                self.up.clear()
+                await _close(client)
+                if self._on_down is not None:
+                    await self._on_down()
+            await asyncio.sleep(_jitter(backoff))
+
+
+async def _close(client: AsyncTcpClient) -> None:
+    try:
+        await within(client.disconnect(), 1.0)
+    except (OSError, asyncio.TimeoutError):
+        pass  # the socket is closed anyway; only the goodbye was lost
+
+
+def _jitter(seconds: float) -> float:
+    # Several boards dropped by one voice host restart should not all knock at once.
+    return seconds * random.uniform(0.8, 1.2)
+
+
+class LinkHandler(AsyncEventHandler):
+    """A server's side of one connection: bounded reads and keepalive.
+
+    Subclasses implement handle_event (return False to hang up) and may override
+    disconnect, which runs once the link is over, whatever ended it.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 settings: LinkSettings) -> None:
+        super().__init__(reader, writer)
+        peer = writer.get_extra_info("peername")
+        self.link = Link(self, settings, f"{peer[0]}:{peer[1]}" if peer else "peer")
+        self.finished = asyncio.Event()
+
+    async def read_event(self) -> Event | None:
+        return await read_event(self.reader, self.link.settings)
+
+    async def run(self) -> None:
+        try:
+            await self.link.run(self.handle_event)
+        finally:
+            try:
+                await self.disconnect()
+            finally:
+                self.writer.close()
+                self.finished.set()
+
+
+class LinkServer:
+    """A wyoming TCP server kept listening: binding is retried with backoff.
+
+    The retry matters after a quick restart, when the port may still be held.
+    handler_factory(reader, writer) makes a LinkHandler for each connection.
+    """
+
+    def __init__(self, host: str, port: int,
+                 handler_factory: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                           LinkHandler],
+                 settings: LinkSettings) -> None:
+        self.host, self.port = host, port
+        self.settings = settings
+        self._factory = handler_factory
+        self._handlers: set[LinkHandler] = set()
+        self.listening = asyncio.Event()
+
+    def _make_handler(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> LinkHandler:
+        self._handlers = {h for h in self._handlers if not h.finished.is_set()}
+        handler = self._factory(reader, writer)
+        self._handlers.add(handler)
+        return handler
+
+    async def run(self) -> None:
+        backoff = self.settings.backoff_seconds
+        while True:
+            server = AsyncTcpServer(self.host, self.port)
+            try:
+                await server.start(self._make_handler)
+            except OSError as err:
+                _LOGGER.warning("Cannot listen on %s:%d (%s); retrying in %.1f s",
+                                self.host, self.port, err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.max_backoff_seconds)
+                continue
+            _LOGGER.info("Listening on %s:%d", self.host, self.port)
+            self.listening.set()
+            try:
+                await asyncio.Event().wait()  # until cancelled
+            finally:
+                self.listening.clear()
+                # Closes every connection and waits for each handler's disconnect(), so
+                # nothing a connection started (audio, threads) outlives the server.
+                await server.stop()
+                await asyncio.gather(*(h.finished.wait() for h in self._handlers))
