@@ -43,6 +43,7 @@ void sb_pack_rows_f32(float *dst, const float *src, int rows, int cols, int bloc
 const sb_kernel_set *sb_kernels_pick(int generic_only) {
     if (generic_only) return &sb_kernels_generic;
 #if defined(__x86_64__)
+    if (sb_cpu_has_avx512()) return &sb_kernels_avx512;
     if (sb_cpu_has_avx2()) return &sb_kernels_avx2;
 #endif
 #if defined(__riscv_vector) || defined(__riscv_xtheadvector)

@@ -31,8 +31,9 @@ void sb_pack_rows_f32(float *dst, const float *src, int rows, int cols, int bloc
 
 extern const sb_kernel_set sb_kernels_generic;
 #if defined(__x86_64__)
-extern const sb_kernel_set sb_kernels_avx2;
+extern const sb_kernel_set sb_kernels_avx2, sb_kernels_avx512;
 int sb_cpu_has_avx2(void);
+int sb_cpu_has_avx512(void);
 #endif
 #if defined(__riscv_vector) || defined(__riscv_xtheadvector)
 extern const sb_kernel_set sb_kernels_rvv;
