@@ -246,8 +246,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for model in model_paths:
                 results.append(bench_riscv(name, env, model, tok, args.riscv_steps))
     print(table(results))
+    tell = []
+    if args.tell:
+        from .tellcmd import run_tell_bench, tell_bench_table
+
+        for model in model_paths:
+            tell.append(run_tell_bench(str(model), str(tok), args.voice))
+            print(f"\nstorybot tell, {model.name}: time to first audio and gaps between sentences")
+            print(tell_bench_table(tell[-1]))
     if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
+        Path(args.json).write_text(json.dumps({"builds": [asdict(r) for r in results],
+                                               "tell": tell}, indent=1))
     if args.plot:
         plot(results, Path(args.plot))
     return 0
@@ -271,6 +280,10 @@ def register(sub) -> None:
                         "(needs tools/riscv/setup.sh)")
     p.add_argument("--riscv-steps", type=int, default=16,
                    help="positions emulated per riscv64 build (default: %(default)s)")
+    p.add_argument("--tell", action="store_true",
+                   help="also time storybot tell per model: first audio, sentence gaps "
+                        "(into a WAV file and into a sink paced like a speaker)")
+    p.add_argument("--voice", help="Piper voice for --tell (default: the joe voice)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write a PNG plot here")
     p.set_defaults(func=cmd_bench)

@@ -279,3 +279,29 @@ def _bench_run(report) -> dict:
         "gaps_met": max(gaps, default=0.0) <= TARGET_MAX_GAP_SECONDS,
         "generation_faster_than_speech": report.tokens_per_second > speech_tps,
     }
+
+
+_COLUMNS = (
+    # (heading, key, format)
+    ("sink", "sink", "{}"),
+    ("sentences", "sentences", "{}"),
+    ("first audio s", "first_audio_seconds", "{:.3f}"),
+    ("max gap s", "max_gap_seconds", "{:.3f}"),
+    ("mean gap s", "mean_gap_seconds", "{:.3f}"),
+    ("gen tok/s", "tokens_per_second", "{:.1f}"),
+    ("speech tok/s", "speech_tokens_per_second", "{:.1f}"),
+    ("synth rtf", "synth_rtf", "{:.3f}"),
+    ("audio s", "audio_seconds", "{:.1f}"),
+    ("total s", "total_seconds", "{:.1f}"),
+    ("first<=0.5s", "first_audio_met", "{}"),
+    ("gaps<=50ms", "gaps_met", "{}"),
+)
+
+
+def tell_bench_table(result: dict) -> str:
+    """run_tell_bench's runs as a text table, one row per sink."""
+    rows = [[heading for heading, _, _ in _COLUMNS]]
+    for run in result["runs"].values():
+        rows.append(["-" if run[key] is None else fmt.format(run[key]) for _, key, fmt in _COLUMNS])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
