@@ -60,6 +60,7 @@ class Result:
     """tok_s over read bandwidth / weight bytes per token (fp32 builds only)."""
     insns_per_token: float = 0.0
     vector_insns_per_token: float = 0.0
+    scalar_insns_per_token: float = 0.0
     cycles_per_token: float = 0.0
     """Estimated C906 cycles (the plugin's cost model), riscv64 builds only."""
     ms_by_position: List[float] = field(default_factory=list)
@@ -171,10 +172,11 @@ def bench_riscv(name: str, env: Dict[str, str], model: Path, tok: Path, steps: i
     # vector instructions are only totalled at exit: difference two runs of different length
     half = max(2, steps // 2)
     _, insns_h, vec_h = _count(emu, env[plugin_var], vspec, build / "storybot-bench", model, tok, half)
-    return Result(name, model.name,
-                  insns_per_token=statistics.median(s[0] for s in spans),
+    per_token = statistics.median(s[0] for s in spans)
+    vector = (vec - vec_h) / (steps - half)
+    return Result(name, model.name, insns_per_token=per_token,
                   cycles_per_token=statistics.median(s[1] for s in spans),
-                  vector_insns_per_token=(vec - vec_h) / (steps - half),
+                  vector_insns_per_token=vector, scalar_insns_per_token=per_token - vector,
                   note=f"qemu-user, greedy, first {steps} positions")
 
 
@@ -182,7 +184,7 @@ def bench_riscv(name: str, env: Dict[str, str], model: Path, tok: Path, steps: i
 
 def table(results: List[Result]) -> str:
     rows = [("build", "model", "tok/s", "prompt tok/s", "ms first", "ms last", "peak RSS MB",
-             "roofline", "insns/tok", "vector/tok", "C906 cycles/tok")]
+             "roofline", "insns/tok", "scalar/tok", "vector/tok", "C906 cycles/tok")]
     for r in results:
         rows.append((r.name, r.model, f"{r.tok_s:.1f}" if r.tok_s else "",
                      f"{r.prompt_tok_s:.1f}" if r.prompt_tok_s else "",
@@ -190,6 +192,7 @@ def table(results: List[Result]) -> str:
                      f"{r.peak_rss_mb:.1f}" if r.peak_rss_mb else "",
                      f"{r.roofline_fraction:.0%}" if r.roofline_fraction else "",
                      f"{r.insns_per_token / 1e6:.2f}M" if r.insns_per_token else "",
+                     f"{r.scalar_insns_per_token / 1e6:.2f}M" if r.scalar_insns_per_token else "",
                      f"{r.vector_insns_per_token / 1e6:.2f}M" if r.vector_insns_per_token else "",
                      f"{r.cycles_per_token / 1e6:.1f}M" if r.cycles_per_token else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
