@@ -52,8 +52,9 @@ class Params:
     """"auto" for the fastest faithful kernels, "generic" for the portable C ones."""
     n_threads: int = 1
     """Threads sharing each matrix-vector product (results do not depend on it)."""
-    kv_fp16: bool = False
-    """Keep the KV cache in IEEE half precision: half its memory, no longer bit-exact."""
+    kv_fp16: Optional[bool] = None
+    """KV cache in IEEE half precision (half its memory, no longer bit-exact); None: half
+    for quantized models, fp32 for the fp32 model (which stays exact)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class ModelInfo:
     format: str
     kernels: str
     weight_bytes: int
+    kv_fp16: bool
 
 
 def _check(status: int, ctx=None) -> int:
@@ -128,7 +130,7 @@ def _native_params(params: Params):
     p.steps = params.steps
     p.kernels = lib.SB_KERNELS_GENERIC if params.kernels == "generic" else lib.SB_KERNELS_AUTO
     p.n_threads = params.n_threads
-    p.kv_fp16 = 1 if params.kv_fp16 else 0
+    p.kv_fp16 = -1 if params.kv_fp16 is None else int(params.kv_fp16)
     return p
 
 
@@ -163,7 +165,7 @@ class Engine:
             info.dim, info.hidden_dim, info.n_layers, info.n_heads, info.n_kv_heads,
             info.vocab_size, info.seq_len, bool(info.shared_classifier),
             ffi.string(info.format).decode(), ffi.string(info.kernels).decode(),
-            info.weight_bytes)
+            info.weight_bytes, bool(info.kv_fp16))
         _LOGGER.debug("loaded %s: %s", model, self.info)
 
     def close(self) -> None:

@@ -167,7 +167,7 @@ def _summarize(result: FormatResult, agreements: Dict[str, int], lengths: Dict[s
 # the whole evaluation
 
 def evaluate(models: List[str], fp32: str, tokenizer: str, text: str, golden: str,
-             limit: Optional[int] = None, kernels: str = "auto", kv_fp16: bool = False,
+             limit: Optional[int] = None, kernels: str = "auto", kv_fp16: Optional[bool] = None,
              run_c: Optional[str] = None, runq_c: Optional[str] = None,
              runq_model: Optional[str] = None) -> List[FormatResult]:
     from . import quantize
@@ -240,7 +240,7 @@ def cmd_eval(args) -> int:
     results = evaluate(
         [str(models.find(m)) for m in args.models], str(models.find(args.fp32)),
         str(models.find(args.tokenizer)), args.text, args.golden, args.limit, args.kernels,
-        args.kv_fp16, args.run_c, args.runq_c, args.runq_model)
+        args.kv_fp16 or None, args.run_c, args.runq_c, args.runq_model)
     print(format_table(results))
     for r in results:
         if r.source_warning:

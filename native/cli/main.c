@@ -31,7 +31,7 @@ static int usage(const char *why) {
             "  -y <string> system prompt (chat mode only; ignored)\n"
             "  -j <int>    threads, default 1\n"
             "  -k <string> kernels: auto|generic, default auto\n"
-            "  -c <string> KV cache: fp32|fp16, default fp32 (fp16: half the memory)\n"
+            "  -c <string> KV cache: auto|fp32|fp16, default auto (fp16 for quantized models)\n"
             "  -o <string> also write the token ids, one per line, to this file\n");
     return EXIT_FAILURE;
 }
@@ -89,8 +89,8 @@ int main(int argc, char **argv) {
         case 'o': ids_path = v; break;
         case 'm': ok = strcmp(v, "generate") == 0; break;
         case 'c':
-            ok = strcmp(v, "fp32") == 0 || strcmp(v, "fp16") == 0;
-            p.kv_fp16 = strcmp(v, "fp16") == 0;
+            ok = strcmp(v, "auto") == 0 || strcmp(v, "fp32") == 0 || strcmp(v, "fp16") == 0;
+            p.kv_fp16 = strcmp(v, "fp16") == 0 ? 1 : strcmp(v, "fp32") == 0 ? 0 : -1;
             break;
         case 'k':
             ok = strcmp(v, "auto") == 0 || strcmp(v, "generic") == 0;

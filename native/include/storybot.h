@@ -58,8 +58,9 @@ typedef struct {
     int steps;               /* positions to run, prompt included; 0 or > seq_len means seq_len */
     int n_threads;           /* threads sharing each matvec (the caller's included); 0 or 1 = one */
     sb_kernels kernels;
-    int kv_fp16;             /* 1: KV cache in IEEE half (half the memory, not bit-exact);
-                                0 (default): fp32. Chosen when the model is opened. */
+    int kv_fp16;             /* KV cache: 1 IEEE half (half the memory, not bit-exact), 0 fp32,
+                                -1 (default) half for quantized models, fp32 for fp32 ones
+                                (which stay exact). Chosen when the model is opened. */
 } sb_params;
 
 typedef enum {
@@ -85,6 +86,7 @@ typedef struct {
     const char *kernels;     /* name of the kernel set in use, e.g. "avx2" (for quantized
                                 models, the int8 set, e.g. "avx512vnni") */
     size_t weight_bytes;     /* bytes of weights read per generated token */
+    int kv_fp16;             /* 1 if the KV cache is in half precision */
 } sb_model_info;
 
 typedef struct sb_context sb_context;

@@ -42,7 +42,7 @@ sb_params sb_default_params(void) {
         .steps = 256,
         .n_threads = 1,
         .kernels = SB_KERNELS_AUTO,
-        .kv_fp16 = 0,
+        .kv_fp16 = -1,
     };
     return p;
 }
@@ -66,14 +66,20 @@ static sb_status check_params(const sb_params *p, char *err) {
     if (p->kernels != SB_KERNELS_AUTO && p->kernels != SB_KERNELS_GENERIC) {
         return sb_fail(err, SB_ERR_ARG, "unknown kernel choice %d", (int)p->kernels);
     }
-    if (p->kv_fp16 != 0 && p->kv_fp16 != 1) {
-        return sb_fail(err, SB_ERR_ARG, "kv_fp16 %d must be 0 or 1", p->kv_fp16);
+    if (p->kv_fp16 < -1 || p->kv_fp16 > 1) {
+        return sb_fail(err, SB_ERR_ARG, "kv_fp16 %d must be -1, 0 or 1", p->kv_fp16);
     }
     return SB_OK;
 }
 
 // ----------------------------------------------------------------------------
 // open / free
+
+/* A quantized model is not exact anyway, and on the Duo every megabyte counts: its KV
+ * cache defaults to half precision (perplexity unchanged, see the README). */
+static int kv_half(const sb_params *p, const sb_model *m) {
+    return p->kv_fp16 < 0 ? m->wcls.type != SB_F32 : p->kv_fp16;
+}
 
 sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_params *params,
                   sb_context **out, char *err, size_t err_len) {
@@ -91,13 +97,13 @@ sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_p
         ctx->params = *params;
         int generic = params->kernels == SB_KERNELS_GENERIC;
         const sb_kernel_set *k = sb_kernels_pick(generic);
-        const sb_qkernel_set *kv16 = params->kv_fp16 ? sb_qkernels_pick(generic) : NULL;
         if ((s = sb_model_load(&ctx->model, model_path, k, msg)) == SB_OK
             && (s = sb_tokenizer_load(&ctx->tokenizer, tokenizer_path, ctx->model.cfg.vocab_size,
                                       msg)) == SB_OK
             && (s = sb_sampler_init(&ctx->sampler, ctx->model.cfg.vocab_size, msg)) == SB_OK
-            && (s = sb_state_init(&ctx->state, &ctx->model.cfg, params->n_threads, kv16, msg))
-               == SB_OK) {
+            && (s = sb_state_init(&ctx->state, &ctx->model.cfg, params->n_threads,
+                                  kv_half(params, &ctx->model) ? sb_qkernels_pick(generic) : NULL,
+                                  msg)) == SB_OK) {
             sb_sampler_set(&ctx->sampler, params->temperature, params->topp, params->seed);
             *out = ctx;
         } else {
@@ -260,7 +266,7 @@ sb_status sb_model_info_get(const sb_context *ctx, sb_model_info *out) {
         .seq_len = c->seq_len, .shared_classifier = c->shared,
         .format = ctx->model.format ? ctx->model.format : "llama2c-fp32",
         .kernels = ctx->model.qkernels ? ctx->model.qkernels->name : ctx->model.kernels->name,
-        .weight_bytes = ctx->model.weight_bytes,
+        .weight_bytes = ctx->model.weight_bytes, .kv_fp16 = ctx->state.key_cache_h != NULL,
     };
     return SB_OK;
 }
