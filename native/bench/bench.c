@@ -58,7 +58,7 @@ static double read_bandwidth(size_t bytes) {
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: storybot-bench MODEL TOKENIZER [-n steps] [-r runs] [-t temp] "
-                        "[-i prompt] [-k auto|generic] [-j threads] [-b 0|1 (bandwidth)]\n");
+                        "[-p topp] [-s seed] [-i prompt] [-k auto|generic] [-j threads] [-b 0|1 (bandwidth)]\n");
         return 1;
     }
     sb_params p = sb_default_params();
@@ -72,6 +72,8 @@ int main(int argc, char **argv) {
         case 'n': p.steps = atoi(v); break;
         case 'r': runs = atoi(v); break;
         case 't': p.temperature = (float)atof(v); break;
+        case 'p': p.topp = (float)atof(v); break;
+        case 's': p.seed = strtoull(v, NULL, 10); break;
         case 'i': prompt = v; break;
         case 'k': p.kernels = strcmp(v, "generic") == 0 ? SB_KERNELS_GENERIC : SB_KERNELS_AUTO; break;
         case 'b': bandwidth = atoi(v); break;
