@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from typing import List, Optional
@@ -64,19 +65,28 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registrars():
-    """register(subparsers) of each module with a subcommand of its own."""
-    from .ask import register as ask
-    from .bench import register as bench
-    from .board import register as serve
-    from .evaluate import register as r_eval
-    from .tellcmd import register as tell
-    from .voicehost import register as voice_host
+# Subcommands that live in their own modules: name -> (module, one-line help). Only the
+# module of the command being run is imported, so the board daemon does not carry the
+# voice host's, the benchmark's or the converter's imports in its memory.
+COMMANDS = {
+    "tell": ("tellcmd", "generate a story and speak it, sentence by sentence, as it is written"),
+    "serve": ("board", "run the board: button, prompts, stories to the voice host"),
+    "ask": ("ask", "ask a running board (storybot serve) for a story"),
+    "voice-host": ("voicehost", "serve boards: hear prompts (Vosk), speak stories (Piper)"),
+    "bench": ("bench", "measure speed and memory of each build beside baselines"),
+    "quantize": ("quantize", "convert a llama2.c fp32 checkpoint to storybot's int8 or 4-bit file"),
+    "eval": ("evaluate", "perplexity and greedy agreement of model formats against fp32"),
+    "bundle": ("bundle", "cross-build what goes onto the board, with the int8 model"),
+}
 
-    return [serve, ask, voice_host, tell, bench, r_eval]
+
+def _requested(argv: List[str]) -> Optional[str]:
+    """The subcommand named in argv, if any (the first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The parser; with argv, only the named subcommand's module is imported."""
     parser = argparse.ArgumentParser(prog="storybot", description=__doc__)
     parser.add_argument("--version", action="version", version=f"storybot {__version__}")
     parser.add_argument("--debug", action="store_true", help="log debug messages")
@@ -91,9 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="ids", default=None, help="also write the token ids to this file")
     p.set_defaults(func=cmd_generate)
 
-    # Each further job registers its own subcommand; their heavy imports wait until run.
-    for register in _registrars():
-        register(sub)
+    wanted = _requested(sys.argv[1:] if argv is None else argv)
+    for name, (module, summary) in COMMANDS.items():
+        if name == wanted:
+            importlib.import_module(f".{module}", __package__).register(sub)
+        else:
+            sub.add_parser(name, help=summary)  # named for --help; defined when run
 
     p = sub.add_parser("fetch-models", help="download stories15M.bin and tokenizer.bin, "
                                             "checking their sha256")
@@ -103,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from .engine import EngineError

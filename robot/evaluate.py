@@ -255,9 +255,8 @@ def cmd_eval(args) -> int:
 
 
 def register(sub) -> None:
-    from . import models, quantize
+    from . import models
 
-    quantize.add_parser(sub)
     shared = Path(__file__).resolve().parent.parent.parent / "shared"
     p = sub.add_parser("eval", help="perplexity and greedy agreement of model formats "
                                     "against fp32")

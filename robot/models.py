@@ -1,12 +1,8 @@
 """Finds model files: a path the user gives, known folders, or a download checked by sha256."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
-import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -65,6 +61,8 @@ def find(name_or_path: "str | os.PathLike[str]") -> Path:
 
 
 def sha256(path: "str | os.PathLike[str]") -> str:
+    import hashlib  # here, not at the top: it loads libcrypto, a few MB the board can spare
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -79,6 +77,10 @@ def download(name: str, dest: Optional[Path] = None, url: Optional[str] = None,
     The file appears under its name only once its checksum matches; a bad download
     is deleted and raises ValueError.
     """
+    import shutil
+    import tempfile
+    import urllib.request
+
     if name not in KNOWN and (url is None or expected_sha256 is None):
         raise KeyError(f"{name} is not a known model file; give its url and sha256")
     known_sha, known_url = KNOWN.get(name, (None, None))

@@ -375,7 +375,7 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("quantize", help="convert a llama2.c fp32 checkpoint to storybot's "
                                         "int8 (q8_0) or 4-bit (q4_0) model file")
     p.add_argument("model", help="llama2.c fp32 checkpoint, e.g. stories15M.bin")
