@@ -82,6 +82,8 @@ sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kern
 /* Checks the 7 llama2.c config ints (vocab_size < 0: separate classifier) into c. */
 sb_status sb_check_config(const int32_t h[7], sb_config *c, char *err);
 void sb_model_free(sb_model *m);
+/* The per-layer matrix arrays (wq ... w3), one allocation; loaders fill them in. */
+sb_status sb_model_alloc_matrices(sb_model *m, char *err);
 /* Copies token's embedding row into out (dim,). */
 void sb_model_embed(const sb_model *m, int token, float *out);
 

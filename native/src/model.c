@@ -114,10 +114,8 @@ static sb_matrix place(const sb_model *m, const float *src, int rows, int cols,
     return mat;
 }
 
-static sb_status map_weights(sb_model *m, const float *p, char *err) {
-    const sb_config *c = &m->cfg;
-    int L = c->n_layers, dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim;
-    int block = m->kernels->f32_rows;
+sb_status sb_model_alloc_matrices(sb_model *m, char *err) {
+    int L = m->cfg.n_layers;
     m->matrices = calloc((size_t)L * 7, sizeof(sb_matrix));
     if (!m->matrices) return sb_fail(err, SB_ERR_NOMEM, "out of memory for the matrix table");
     m->wq = m->matrices;
@@ -127,6 +125,15 @@ static sb_status map_weights(sb_model *m, const float *p, char *err) {
     m->w1 = m->wo + L;
     m->w2 = m->w1 + L;
     m->w3 = m->w2 + L;
+    return SB_OK;
+}
+
+static sb_status map_weights(sb_model *m, const float *p, char *err) {
+    const sb_config *c = &m->cfg;
+    int L = c->n_layers, dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim;
+    int block = m->kernels->f32_rows;
+    sb_status st = sb_model_alloc_matrices(m, err);
+    if (st != SB_OK) return st;
 
     float *cursor = NULL;
     if (block > 1) {

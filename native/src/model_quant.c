@@ -213,15 +213,7 @@ sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic
     if (s != SB_OK) return s;
 
     int L = m->cfg.n_layers;
-    m->matrices = calloc((size_t)L * 7, sizeof(sb_matrix));
-    if (!m->matrices) return sb_fail(err, SB_ERR_NOMEM, "out of memory for the matrix table");
-    m->wq = m->matrices;
-    m->wk = m->wq + L;
-    m->wv = m->wk + L;
-    m->wo = m->wv + L;
-    m->w1 = m->wo + L;
-    m->w2 = m->w1 + L;
-    m->w3 = m->w2 + L;
+    if ((s = sb_model_alloc_matrices(m, err)) != SB_OK) return s;
 
     w.at = HEADER_BYTES;
     walk(&w, m); // sizes only
