@@ -2,9 +2,10 @@
  *
  * The arithmetic is the reference's, operation for operation and in the same order, so
  * that fp32 logits match it to the last bit. Where this file differs in shape it is for
- * speed without changing a result: the key cache is stored transposed so attention scores
- * are computed for all positions at once, RoPE's sines and cosines are computed once per
- * position instead of once per layer, and the classifier is skipped for prompt positions.
+ * speed without changing a result: each head's keys and values are stored contiguously
+ * (read as streams), the keys transposed in tiles so that scores are computed for many
+ * positions at once; RoPE's sines and cosines are computed once per position instead of
+ * once per layer; and the classifier is skipped for prompt positions.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -16,10 +17,15 @@
 // ----------------------------------------------------------------------------
 // state
 
+/* Positions the caches hold: seq_len rounded up to whole key tiles. */
+static size_t cache_positions(const sb_config *c) {
+    return ((size_t)c->seq_len + SB_KV_TILE - 1) / SB_KV_TILE * SB_KV_TILE;
+}
+
 sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
                         const sb_qkernel_set *kv_fp16, char *err) {
     memset(s, 0, sizeof(*s));
-    size_t cache = (size_t)c->n_layers * (size_t)c->seq_len * (size_t)c->kv_dim;
+    size_t cache = (size_t)c->n_layers * cache_positions(c) * (size_t)c->kv_dim;
     size_t wide = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
     size_t groups = (wide + SB_QK - 1) / SB_QK;
     size_t cache_floats = kv_fp16 ? (cache + 1) / 2 : cache; // halves pack two per float
@@ -33,8 +39,8 @@ sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
                        &s->rope_sin, &qx_q, &qx_s, &qx_sum};
     size_t n = sizeof(sizes) / sizeof(sizes[0]), total = 0;
     for (size_t i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15; // 64-byte aligned slots
-    if (posix_memalign(&s->block, 64, total * sizeof(float)) != 0) {
-        s->block = NULL;
+    s->block = sb_alloc_streamed(total * sizeof(float));
+    if (!s->block) {
         return sb_fail(err, SB_ERR_NOMEM, "out of memory for %zu MB of activations and KV cache",
                        total * sizeof(float) >> 20);
     }
@@ -96,37 +102,66 @@ static void rope(float *vec, int n, int head_size, const float *fcr, const float
     }
 }
 
-/* One head's attention at pos. kt: this head's keys (head_size, seq_len), transposed;
- * vals: the layer's values (seq_len, kv_dim) from this head's offset. */
-static void attend(const sb_kernel_set *k, float *out, const float *q, float *att,
-                   const float *kt, const float *vals, int head_size, int kv_dim, int seq_len,
-                   int pos) {
-    // scores: every t accumulates over i in the reference's order, all t at once
-    memset(att, 0, sizeof(float) * (size_t)(pos + 1));
-    for (int i = 0; i < head_size; i++) k->axpy_f32(att, q[i], kt + (size_t)i * seq_len, pos + 1);
+static void softmax_scores(float *att, int head_size, int n) {
     float scale = sqrtf((float)head_size);
-    for (int t = 0; t <= pos; t++) att[t] /= scale;
-    sb_softmax(att, pos + 1);
-    memset(out, 0, sizeof(float) * (size_t)head_size);
-    for (int t = 0; t <= pos; t++) k->axpy_f32(out, att[t], vals + (size_t)t * kv_dim, head_size);
+    for (int t = 0; t < n; t++) att[t] /= scale;
+    sb_softmax(att, n);
 }
 
-/* With kv_fp16: stores k and v at pos in the half caches (same layout as the fp32 ones)
- * and runs every head's attention as attend() does, the kernels converting on the fly. */
-static void attend_layer_f16(sb_state *s, const sb_config *c, size_t loff, int pos) {
-    int hs = c->head_size, kvd = c->kv_dim, kv_mul = c->n_heads / c->n_kv_heads;
-    uint16_t *kc = s->key_cache_h + loff, *vc = s->value_cache_h + loff;
-    for (int i = 0; i < kvd; i++) kc[(size_t)i * c->seq_len + pos] = sb_f32_to_f16(s->k[i]);
-    s->f16->f16_store(vc + (size_t)pos * kvd, s->v, kvd);
-    float scale = sqrtf((float)hs);
+/* One head's attention over positions [0, n): keys and values are this head's slices
+ * of the caches (see sb_state); the scores are computed tile by tile. */
+static void attend(const sb_kernel_set *k, float *out, const float *q, float *att,
+                   const float *keys, const float *vals, int head_size, int n) {
+    for (int t = 0; t < n; t += SB_KV_TILE) {
+        k->attn_scores_f32(att + t, q, keys + (size_t)t * head_size, head_size, SB_KV_TILE,
+                           n - t < SB_KV_TILE ? n - t : SB_KV_TILE);
+    }
+    softmax_scores(att, head_size, n);
+    k->attn_mix_f32(out, att, vals, head_size, head_size, n);
+}
+
+/* The same with kv_fp16: the kernels convert the half caches on the fly. */
+static void attend_f16(const sb_qkernel_set *k, float *out, const float *q, float *att,
+                       const uint16_t *keys, const uint16_t *vals, int head_size, int n) {
+    for (int t = 0; t < n; t += SB_KV_TILE) {
+        k->f16_scores(att + t, q, keys + (size_t)t * head_size, head_size, SB_KV_TILE,
+                      n - t < SB_KV_TILE ? n - t : SB_KV_TILE);
+    }
+    softmax_scores(att, head_size, n);
+    k->f16_mix(out, att, vals, head_size, head_size, n);
+}
+
+/* Stores k and v at pos in layer l's caches and runs every head's attention into s->xb. */
+static void attend_layer(const sb_model *m, sb_state *s, int l, int pos) {
+    const sb_config *c = &m->cfg;
+    int hs = c->head_size, kv_mul = c->n_heads / c->n_kv_heads; // query heads per kv head
+    size_t head_floats = cache_positions(c) * (size_t)hs; // one head's slice of a cache
+    size_t loff = (size_t)l * c->n_kv_heads * head_floats;
+    size_t kpos = (size_t)(pos / SB_KV_TILE) * SB_KV_TILE * hs + pos % SB_KV_TILE;
+    for (int h = 0; h < c->n_kv_heads; h++) {
+        size_t hoff = loff + (size_t)h * head_floats;
+        const float *k = s->k + (size_t)h * hs, *v = s->v + (size_t)h * hs;
+        if (s->key_cache_h) {
+            for (int i = 0; i < hs; i++) {
+                s->key_cache_h[hoff + kpos + (size_t)i * SB_KV_TILE] = sb_f32_to_f16(k[i]);
+            }
+            s->f16->f16_store(s->value_cache_h + hoff + (size_t)pos * hs, v, hs);
+        } else {
+            for (int i = 0; i < hs; i++) s->key_cache[hoff + kpos + (size_t)i * SB_KV_TILE] = k[i];
+            memcpy(s->value_cache + hoff + (size_t)pos * hs, v, sizeof(float) * (size_t)hs);
+        }
+    }
     for (int h = 0; h < c->n_heads; h++) {
-        float *att = s->att + (size_t)h * c->seq_len;
-        int kvh = h / kv_mul;
-        s->f16->f16_scores(att, s->q + (size_t)h * hs, kc + (size_t)kvh * hs * c->seq_len, hs,
-                           c->seq_len, pos + 1);
-        for (int t = 0; t <= pos; t++) att[t] /= scale;
-        sb_softmax(att, pos + 1);
-        s->f16->f16_mix(s->xb + (size_t)h * hs, att, vc + (size_t)kvh * hs, hs, kvd, pos + 1);
+        size_t hoff = loff + (size_t)(h / kv_mul) * head_floats;
+        float *out = s->xb + (size_t)h * hs, *att = s->att + (size_t)h * c->seq_len;
+        const float *q = s->q + (size_t)h * hs;
+        if (s->key_cache_h) {
+            attend_f16(s->f16, out, q, att, s->key_cache_h + hoff, s->value_cache_h + hoff, hs,
+                       pos + 1);
+        } else {
+            attend(m->kernels, out, q, att, s->key_cache + hoff, s->value_cache + hoff, hs,
+                   pos + 1);
+        }
     }
 }
 
@@ -182,39 +217,19 @@ void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const
 void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_logits) {
     const sb_config *c = &m->cfg;
     int dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim, hs = c->head_size;
-    int kv_mul = c->n_heads / c->n_kv_heads; // query heads per key/value head
     float *x = s->x;
 
     sb_model_embed(m, token, x);
     rope_angles(s, hs, pos);
 
     for (int l = 0; l < c->n_layers; l++) {
-        size_t loff = (size_t)l * c->seq_len * kvd; // this layer's slice of each cache
-
         rmsnorm(s->xb, x, m->rms_att + (size_t)l * dim, dim);
         sb_matvec(m, s, s->q, s->xb, &m->wq[l]);
         sb_matvec(m, s, s->k, s->xb, &m->wk[l]);
         sb_matvec(m, s, s->v, s->xb, &m->wv[l]);
         rope(s->q, dim, hs, s->rope_cos, s->rope_sin);
         rope(s->k, kvd, hs, s->rope_cos, s->rope_sin);
-
-        if (s->key_cache_h) {
-            attend_layer_f16(s, c, loff, pos);
-        } else {
-            // store k transposed per head, v as is
-            float *kc = s->key_cache + loff;
-            for (int i = 0; i < kvd; i++) {
-                kc[((size_t)(i / hs) * hs + i % hs) * c->seq_len + pos] = s->k[i];
-            }
-            memcpy(s->value_cache + loff + (size_t)pos * kvd, s->v, sizeof(float) * (size_t)kvd);
-
-            for (int h = 0; h < c->n_heads; h++) {
-                int kvh = h / kv_mul;
-                attend(m->kernels, s->xb + (size_t)h * hs, s->q + (size_t)h * hs,
-                       s->att + (size_t)h * c->seq_len, kc + (size_t)kvh * hs * c->seq_len,
-                       s->value_cache + loff + (size_t)kvh * hs, hs, kvd, c->seq_len, pos);
-            }
-        }
+        attend_layer(m, s, l, pos);
 
         sb_matvec(m, s, s->xb2, s->xb, &m->wo[l]);
         for (int i = 0; i < dim; i++) x[i] += s->xb2[i];

@@ -77,6 +77,9 @@ typedef struct {
     size_t weight_bytes;          // weights read per token
 } sb_model;
 
+/* Memory for data read once per token (weights, caches): 64-byte aligned, on huge pages
+ * where the system offers them. free() releases it. */
+void *sb_alloc_streamed(size_t bytes);
 sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kernels,
                         char *err);
 /* Checks the 7 llama2.c config ints (vocab_size < 0: separate classifier) into c. */
@@ -155,6 +158,8 @@ void sb_softmax(float *x, int n);
 // ----------------------------------------------------------------------------
 // forward pass (forward.c)
 
+#define SB_KV_TILE 64 /* positions per tile of the key cache */
+
 typedef struct {
     float *x;          // (dim,) activation at the current position
     float *xb, *xb2;   // (dim,) residual-branch buffers
@@ -162,8 +167,13 @@ typedef struct {
     float *q, *k, *v;  // (dim,) (kv_dim,) (kv_dim,)
     float *att;        // (n_heads, seq_len) attention scores
     float *logits;     // (vocab_size,)
-    float *key_cache;  // (layer, kv_head, head_size, seq_len): transposed, so scores vectorize over t
-    float *value_cache;// (layer, seq_len, kv_dim)
+    /* Each head's keys and values are contiguous, so attention reads them as streams:
+     * keys (layer, kv_head, tile, head_size, SB_KV_TILE), SB_KV_TILE positions per tile
+     * along its rows (scores vectorize over t, one tile a contiguous block); values
+     * (layer, kv_head, seq_len, head_size). Both are sized for seq_len rounded up to
+     * whole tiles. */
+    float *key_cache;
+    float *value_cache;
     uint16_t *key_cache_h, *value_cache_h; // kv_fp16: the same caches in IEEE half, else NULL
     const sb_qkernel_set *f16; // kv_fp16: the kernels that read the half caches
     sb_state_q qx;     // quantized activations, for quantized models

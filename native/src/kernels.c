@@ -14,15 +14,30 @@ static void matvec_f32_generic(float *out, const float *x, const float *w, int n
     }
 }
 
-static void axpy_f32_generic(float *y, float a, const float *x, int n) {
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+static void attn_scores_f32_generic(float *att, const float *q, const float *kt,
+                                    int head_size, int seq_len, int n) {
+    memset(att, 0, sizeof(float) * (size_t)n);
+    for (int i = 0; i < head_size; i++) {
+        const float *krow = kt + (size_t)i * seq_len;
+        for (int t = 0; t < n; t++) att[t] += q[i] * krow[t];
+    }
+}
+
+static void attn_mix_f32_generic(float *out, const float *att, const float *v, int head_size,
+                                 int stride, int n) {
+    memset(out, 0, sizeof(float) * (size_t)head_size);
+    for (int t = 0; t < n; t++) {
+        const float *vt = v + (size_t)t * stride;
+        for (int i = 0; i < head_size; i++) out[i] += att[t] * vt[i];
+    }
 }
 
 const sb_kernel_set sb_kernels_generic = {
     .name = "generic",
     .f32_rows = 1,
     .matvec_f32 = matvec_f32_generic,
-    .axpy_f32 = axpy_f32_generic,
+    .attn_scores_f32 = attn_scores_f32_generic,
+    .attn_mix_f32 = attn_mix_f32_generic,
 };
 
 void sb_pack_rows_f32(float *dst, const float *src, int rows, int cols, int block) {
@@ -40,14 +55,21 @@ void sb_pack_rows_f32(float *dst, const float *src, int rows, int cols, int bloc
     }
 }
 
-const sb_kernel_set *sb_kernels_pick(int generic_only) {
-    if (generic_only) return &sb_kernels_generic;
+int sb_kernels_all(const sb_kernel_set **sets, int cap) {
+    int n = 0;
+    if (n < cap) sets[n++] = &sb_kernels_generic;
 #if defined(__x86_64__)
-    if (sb_cpu_has_avx512()) return &sb_kernels_avx512;
-    if (sb_cpu_has_avx2()) return &sb_kernels_avx2;
+    if (n < cap && sb_cpu_has_avx2()) sets[n++] = &sb_kernels_avx2;
+    if (n < cap && sb_cpu_has_avx512()) sets[n++] = &sb_kernels_avx512;
 #endif
 #if defined(__riscv_vector) || defined(__riscv_xtheadvector)
-    if (sb_rvv_usable()) return &sb_kernels_rvv;
+    if (n < cap && sb_rvv_usable()) sets[n++] = &sb_kernels_rvv;
 #endif
-    return &sb_kernels_generic;
+    return n;
+}
+
+const sb_kernel_set *sb_kernels_pick(int generic_only) {
+    const sb_kernel_set *sets[4];
+    int n = sb_kernels_all(sets, 4);
+    return generic_only ? sets[0] : sets[n - 1]; // ascending speed
 }

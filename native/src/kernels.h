@@ -17,13 +17,21 @@ typedef struct {
     int f32_rows;
     /* out (d,) = W (d, n) @ x (n,), W packed as above (any d). */
     void (*matvec_f32)(float *out, const float *x, const float *w, int n, int d);
-    /* y (n,) += a * x (n,), each element a rounded product then a rounded sum: attention
-     * accumulates its scores and its weighted values with this, term by term. */
-    void (*axpy_f32)(float *y, float a, const float *x, int n);
+    /* Attention of one head, in the reference's order: att[t] (n,) = sum over i of
+     * q[i] * kt[i * seq_len + t] (the keys stored transposed), from i = 0 upwards;
+     * out[i] (head_size,) = sum over t of att[t] * v[t * stride + i], from t = 0 upwards.
+     * Vector lanes run across t (scores) or i (mix), never along a sum. */
+    void (*attn_scores_f32)(float *att, const float *q, const float *kt, int head_size,
+                            int seq_len, int n);
+    void (*attn_mix_f32)(float *out, const float *att, const float *v, int head_size,
+                         int stride, int n);
 } sb_kernel_set;
 
 /* The fastest set this CPU runs (generic_only = 1 forces the portable set). */
 const sb_kernel_set *sb_kernels_pick(int generic_only);
+/* Every set this CPU runs, the portable one first, in ascending speed; returns how many
+ * (at most cap). */
+int sb_kernels_all(const sb_kernel_set **sets, int cap);
 
 /* Copies src (rows, cols) row-major into dst in the interleaved layout; dst holds
  * round_up(rows, block) * cols floats and padding rows are zero. */

@@ -41,11 +41,29 @@ static void matvec_f32_rvv(float *out, const float *x, const float *w, int n, in
     }
 }
 
-static void axpy_f32_rvv(float *y, float a, const float *x, int n) {
-    for (size_t vl; n > 0; n -= (int)vl, x += vl, y += vl) {
+static void attn_scores_f32_rvv(float *att, const float *q, const float *kt, int head_size,
+                                int seq_len, int n) {
+    for (size_t vl; n > 0; n -= (int)vl, att += vl, kt += vl) {
         vl = __riscv_vsetvl_e32m8((size_t)n);
-        vfloat32m8_t p = __riscv_vfmul_vf_f32m8(__riscv_vle32_v_f32m8(x, vl), a, vl);
-        __riscv_vse32_v_f32m8(y, __riscv_vfadd_vv_f32m8(__riscv_vle32_v_f32m8(y, vl), p, vl), vl);
+        vfloat32m8_t acc = __riscv_vfmv_v_f_f32m8(0.0f, vl);
+        for (int i = 0; i < head_size; i++) {
+            vfloat32m8_t k = __riscv_vle32_v_f32m8(kt + (size_t)i * seq_len, vl);
+            acc = __riscv_vfadd_vv_f32m8(acc, __riscv_vfmul_vf_f32m8(k, q[i], vl), vl);
+        }
+        __riscv_vse32_v_f32m8(att, acc, vl);
+    }
+}
+
+static void attn_mix_f32_rvv(float *out, const float *att, const float *v, int head_size,
+                             int stride, int n) {
+    for (size_t vl; head_size > 0; head_size -= (int)vl, out += vl, v += vl) {
+        vl = __riscv_vsetvl_e32m8((size_t)head_size);
+        vfloat32m8_t acc = __riscv_vfmv_v_f_f32m8(0.0f, vl);
+        for (int t = 0; t < n; t++) {
+            vfloat32m8_t vt = __riscv_vle32_v_f32m8(v + (size_t)t * stride, vl);
+            acc = __riscv_vfadd_vv_f32m8(acc, __riscv_vfmul_vf_f32m8(vt, att[t], vl), vl);
+        }
+        __riscv_vse32_v_f32m8(out, acc, vl);
     }
 }
 
@@ -53,6 +71,7 @@ const sb_kernel_set sb_kernels_rvv = {
     .name = "rvv",
     .f32_rows = ROWS,
     .matvec_f32 = matvec_f32_rvv,
-    .axpy_f32 = axpy_f32_rvv,
+    .attn_scores_f32 = attn_scores_f32_rvv,
+    .attn_mix_f32 = attn_mix_f32_rvv,
 };
 #endif

@@ -1,0 +1,94 @@
+/* kernels_test.c: checks every fp32 kernel set this CPU runs against the portable one,
+ * bit for bit, on random data with full mantissas (any change in the order or rounding
+ * of a sum shows), at shapes with padding rows and vector tails.
+ *
+ *     make -C native ktest                      (host; also runs qkernels_test)
+ *     make -C native BUILD=DIR CC=... DIR/kernels_test   (a cross build, run under qemu)
+ *
+ * Prints one line per failure and ends with "N passed, M failed" (exit status 1 on a
+ * failure).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+static int passed, failed;
+
+static void check(int ok, const char *what, const char *set, int a, int b) {
+    if (ok) {
+        passed++;
+    } else {
+        failed++;
+        printf("FAIL %s [%s] %d x %d\n", what, set, a, b);
+    }
+}
+
+static unsigned long long rng = 88172645463325252ull;
+static float rand_float(void) { // in (-1, 1), all 24 bits of mantissa random
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((long long)(rng >> 39) - (1ll << 24)) / (float)(1 << 24);
+}
+
+static float *random_floats(size_t n) {
+    float *p = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) p[i] = rand_float();
+    return p;
+}
+
+/* out = W @ x for W (d, n), packed for each set, against the portable kernel. */
+static void test_matvec(const sb_kernel_set *k, int d, int n) {
+    float *w = random_floats((size_t)d * n), *x = random_floats((size_t)n);
+    float *want = malloc(sizeof(float) * d), *got = malloc(sizeof(float) * (d + 1));
+    sb_kernels_generic.matvec_f32(want, x, w, n, d);
+    int block = k->f32_rows, padded = (d + block - 1) / block * block;
+    float *packed = aligned_alloc(64, ((sizeof(float) * padded * n) + 63) & ~(size_t)63);
+    sb_pack_rows_f32(packed, w, d, n, block);
+    got[d] = 12345.0f; // a sentinel: padding rows must not be stored
+    k->matvec_f32(got, x, packed, n, d);
+    check(memcmp(got, want, sizeof(float) * d) == 0 && got[d] == 12345.0f, "matvec_f32",
+          k->name, d, n);
+    free(w), free(x), free(want), free(got), free(packed);
+}
+
+/* One head's scores and mix over n positions, against the portable kernels. */
+static void test_attention(const sb_kernel_set *k, int head_size, int n) {
+    int seq_len = n + 3, stride = head_size + 5; // rows longer than used, as in the caches
+    float *q = random_floats((size_t)head_size), *kt = random_floats((size_t)head_size * seq_len);
+    float *v = random_floats((size_t)seq_len * stride), *att = random_floats((size_t)n);
+    float *want = malloc(sizeof(float) * (n + head_size)), *got = malloc(sizeof(float) * (n + head_size + 1));
+    sb_kernels_generic.attn_scores_f32(want, q, kt, head_size, seq_len, n);
+    got[n] = 12345.0f;
+    k->attn_scores_f32(got, q, kt, head_size, seq_len, n);
+    check(memcmp(got, want, sizeof(float) * n) == 0 && got[n] == 12345.0f, "attn_scores_f32",
+          k->name, head_size, n);
+    sb_kernels_generic.attn_mix_f32(want, att, v, head_size, stride, n);
+    got[head_size] = 12345.0f;
+    k->attn_mix_f32(got, att, v, head_size, stride, n);
+    check(memcmp(got, want, sizeof(float) * head_size) == 0 && got[head_size] == 12345.0f,
+          "attn_mix_f32", k->name, head_size, n);
+    free(q), free(kt), free(v), free(att), free(want), free(got);
+}
+
+int main(void) {
+    const sb_kernel_set *sets[4];
+    int nsets = sb_kernels_all(sets, 4);
+    static const int shapes[][2] = {{288, 288}, {768, 288}, {288, 768}, {33, 7}, {100, 1},
+                                    {1, 5}, {64, 64}, {129, 31}};
+    static const int heads[][2] = {{48, 1}, {48, 256}, {48, 63}, {48, 65}, {5, 9}, {64, 40},
+                                   {70, 100}, {8, 17}, {1, 1}, {33, 200}};
+    printf("fp32 kernel sets:");
+    for (int s = 0; s < nsets; s++) printf(" %s", sets[s]->name);
+    printf("\n");
+    for (int s = 0; s < nsets; s++) {
+        for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+            test_matvec(sets[s], shapes[i][0], shapes[i][1]);
+        }
+        for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+            test_attention(sets[s], heads[i][0], heads[i][1]);
+        }
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
