@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,20 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("STORYBOT_SHARED", REPO.parent / "shared"))
 MODELS = SHARED / "models"
 GOLDEN = SHARED / "golden" / "stories15M.json"
+
+
+def pytest_sessionstart(session):
+    """Rebuilds the cffi extension when the native sources changed since it was built
+    (pip install -e builds it once), so the tests never run yesterday's library."""
+    native = REPO / "native"
+    built = list((REPO / "robot").glob("_native*.so"))
+    sources = [*native.glob("src/*.[ch]"), *native.glob("include/*.h"),
+               REPO / "robot" / "_build.py"]
+    newest = max(p.stat().st_mtime for p in sources)
+    if built and min(p.stat().st_mtime for p in built) >= newest:
+        return
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)],
+                   check=True, stdout=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="session")
