@@ -1,12 +1,15 @@
 """The native kernel self-tests: every fp32 kernel set this CPU runs equals the portable
-one bit for bit (matvec, attention scores and mix), and every quantized set matches an
-integer reference; on the host, and for the RVV 1.0 and XTheadVector builds under qemu
-when tools/riscv is set up."""
+one bit for bit (matvec, attention scores and mix) and gives the C library's expf, and
+every quantized set matches an integer reference; on the host, and for the RVV 1.0 and
+XTheadVector builds under qemu when tools/riscv is set up. On x86 the vector expf is
+compared with the C library's on all 2^32 floats."""
 from __future__ import annotations
 
+import platform
 import re
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +42,17 @@ def test_riscv_kernels_under_qemu(cc, qemu, name, riscv_env, tmp_path):  # noqa:
         assert r.returncode == 0, r.stdout + r.stderr
         assert PASSED.search(r.stdout), r.stdout
     assert re.search(rf"^kernel sets: generic {name}$", r.stdout, re.M), r.stdout
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the vector expf is x86's")
+def test_vector_expf_equals_the_c_library_on_every_float():
+    r = subprocess.run(["make", "-s", "-C", str(REPO / "native"), "build/kernels_test"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([str(REPO / "native" / "build" / "kernels_test"), "--all-floats"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 of 2^32 floats differ" in r.stdout
+    flags = Path("/proc/cpuinfo").read_text().split()
+    if "fma" in flags and "avx2" in flags:  # else the C library is all there is to compare
+        assert "vector expf: in use" in r.stdout, r.stdout

@@ -29,14 +29,14 @@ sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
     size_t wide = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
     size_t groups = (wide + SB_QK - 1) / SB_QK;
     size_t cache_floats = kv_fp16 ? (cache + 1) / 2 : cache; // halves pack two per float
-    size_t sizes[] = {c->dim, c->dim, c->dim, c->hidden_dim, c->hidden_dim, c->dim, c->kv_dim,
-                      c->kv_dim, (size_t)c->n_heads * c->seq_len, c->vocab_size, cache_floats,
-                      cache_floats, c->head_size / 2, c->head_size / 2, c->head_size / 2,
-                      (wide + 3) / 4, groups, groups};
+    size_t sizes[] = {c->dim, c->dim, c->dim, c->hidden_dim, c->hidden_dim, c->hidden_dim,
+                      c->dim, c->kv_dim, c->kv_dim, (size_t)c->n_heads * c->seq_len,
+                      c->vocab_size, cache_floats, cache_floats, c->head_size / 2,
+                      c->head_size / 2, c->head_size / 2, (wide + 3) / 4, groups, groups};
     float *qx_q = NULL, *qx_s = NULL, *qx_sum = NULL;
-    float **slots[] = {&s->x, &s->xb, &s->xb2, &s->hb, &s->hb2, &s->q, &s->k, &s->v, &s->att,
-                       &s->logits, &s->key_cache, &s->value_cache, &s->rope_freq, &s->rope_cos,
-                       &s->rope_sin, &qx_q, &qx_s, &qx_sum};
+    float **slots[] = {&s->x, &s->xb, &s->xb2, &s->hb, &s->hb2, &s->ex, &s->q, &s->k, &s->v,
+                       &s->att, &s->logits, &s->key_cache, &s->value_cache, &s->rope_freq,
+                       &s->rope_cos, &s->rope_sin, &qx_q, &qx_s, &qx_sum};
     size_t n = sizeof(sizes) / sizeof(sizes[0]), total = 0;
     for (size_t i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15; // 64-byte aligned slots
     s->block = sb_alloc_streamed(total * sizeof(float));
@@ -102,10 +102,10 @@ static void rope(float *vec, int n, int head_size, const float *fcr, const float
     }
 }
 
-static void softmax_scores(float *att, int head_size, int n) {
+static void softmax_scores(const sb_kernel_set *k, float *att, int head_size, int n) {
     float scale = sqrtf((float)head_size);
     for (int t = 0; t < n; t++) att[t] /= scale;
-    sb_softmax(att, n);
+    sb_softmax(k, att, n);
 }
 
 /* One head's attention over positions [0, n): keys and values are this head's slices
@@ -116,18 +116,19 @@ static void attend(const sb_kernel_set *k, float *out, const float *q, float *at
         k->attn_scores_f32(att + t, q, keys + (size_t)t * head_size, head_size, SB_KV_TILE,
                            n - t < SB_KV_TILE ? n - t : SB_KV_TILE);
     }
-    softmax_scores(att, head_size, n);
+    softmax_scores(k, att, head_size, n);
     k->attn_mix_f32(out, att, vals, head_size, head_size, n);
 }
 
 /* The same with kv_fp16: the kernels convert the half caches on the fly. */
-static void attend_f16(const sb_qkernel_set *k, float *out, const float *q, float *att,
-                       const uint16_t *keys, const uint16_t *vals, int head_size, int n) {
+static void attend_f16(const sb_kernel_set *fk, const sb_qkernel_set *k, float *out,
+                       const float *q, float *att, const uint16_t *keys,
+                       const uint16_t *vals, int head_size, int n) {
     for (int t = 0; t < n; t += SB_KV_TILE) {
         k->f16_scores(att + t, q, keys + (size_t)t * head_size, head_size, SB_KV_TILE,
                       n - t < SB_KV_TILE ? n - t : SB_KV_TILE);
     }
-    softmax_scores(att, head_size, n);
+    softmax_scores(fk, att, head_size, n);
     k->f16_mix(out, att, vals, head_size, head_size, n);
 }
 
@@ -156,8 +157,8 @@ static void attend_layer(const sb_model *m, sb_state *s, int l, int pos) {
         float *out = s->xb + (size_t)h * hs, *att = s->att + (size_t)h * c->seq_len;
         const float *q = s->q + (size_t)h * hs;
         if (s->key_cache_h) {
-            attend_f16(s->f16, out, q, att, s->key_cache_h + hoff, s->value_cache_h + hoff, hs,
-                       pos + 1);
+            attend_f16(m->kernels, s->f16, out, q, att, s->key_cache_h + hoff,
+                       s->value_cache_h + hoff, hs, pos + 1);
         } else {
             attend(m->kernels, out, q, att, s->key_cache + hoff, s->value_cache + hoff, hs,
                    pos + 1);
@@ -238,9 +239,11 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
         rmsnorm(s->xb, x, m->rms_ffn + (size_t)l * dim, dim);
         sb_matvec(m, s, s->hb, s->xb, &m->w1[l]);
         sb_matvec(m, s, s->hb2, s->xb, &m->w3[l]);
+        for (int i = 0; i < hid; i++) s->ex[i] = -s->hb[i];
+        m->kernels->expf_n(s->ex, s->ex, hid);
         for (int i = 0; i < hid; i++) {
             float val = s->hb[i];
-            val *= 1.0f / (1.0f + expf(-val));
+            val *= 1.0f / (1.0f + s->ex[i]);
             val *= s->hb2[i];
             s->hb[i] = val;
         }

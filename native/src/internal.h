@@ -141,19 +141,21 @@ typedef struct {
 
 typedef struct {
     int vocab_size;
+    const sb_kernel_set *kernels; // for expf
     float temperature;
     float topp;
     uint64_t rng;
     sb_prob_index *candidates; // (vocab_size,) scratch for top-p
-    sb_prob_index *sort_tmp;   // (vocab_size,) scratch for the merge sort
 } sb_sampler;
 
-sb_status sb_sampler_init(sb_sampler *s, int vocab_size, char *err);
+sb_status sb_sampler_init(sb_sampler *s, int vocab_size, const sb_kernel_set *kernels,
+                          char *err);
 void sb_sampler_free(sb_sampler *s);
 void sb_sampler_set(sb_sampler *s, float temperature, float topp, uint64_t seed);
 /* Samples a token; logits are modified (scaled and normalized). */
 int sb_sample(sb_sampler *s, float *logits);
-void sb_softmax(float *x, int n);
+/* x (n,) -> exp(x - max) / sum, in the reference's order (expf through k). */
+void sb_softmax(const sb_kernel_set *k, float *x, int n);
 
 // ----------------------------------------------------------------------------
 // forward pass (forward.c)
@@ -164,6 +166,7 @@ typedef struct {
     float *x;          // (dim,) activation at the current position
     float *xb, *xb2;   // (dim,) residual-branch buffers
     float *hb, *hb2;   // (hidden_dim,) ffn buffers
+    float *ex;         // (hidden_dim,) the ffn gate's exponentials
     float *q, *k, *v;  // (dim,) (kv_dim,) (kv_dim,)
     float *att;        // (n_heads, seq_len) attention scores
     float *logits;     // (vocab_size,)

@@ -1,4 +1,5 @@
 /* kernels.c: the portable kernels, weight packing and the choice of kernel set. */
+#include <math.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -32,12 +33,17 @@ static void attn_mix_f32_generic(float *out, const float *att, const float *v, i
     }
 }
 
+void sb_expf_libm(float *y, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] = expf(x[i]);
+}
+
 const sb_kernel_set sb_kernels_generic = {
     .name = "generic",
     .f32_rows = 1,
     .matvec_f32 = matvec_f32_generic,
     .attn_scores_f32 = attn_scores_f32_generic,
     .attn_mix_f32 = attn_mix_f32_generic,
+    .expf_n = sb_expf_libm,
 };
 
 void sb_pack_rows_f32(float *dst, const float *src, int rows, int cols, int block) {

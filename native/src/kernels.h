@@ -25,6 +25,8 @@ typedef struct {
                             int seq_len, int n);
     void (*attn_mix_f32)(float *out, const float *att, const float *v, int head_size,
                          int stride, int n);
+    /* y[i] = expf(x[i]) (n,), bit for bit the C library's (y may be x). */
+    void (*expf_n)(float *y, const float *x, int n);
 } sb_kernel_set;
 
 /* The fastest set this CPU runs (generic_only = 1 forces the portable set). */
@@ -42,7 +44,11 @@ extern const sb_kernel_set sb_kernels_generic;
 extern const sb_kernel_set sb_kernels_avx2, sb_kernels_avx512;
 int sb_cpu_has_avx2(void);
 int sb_cpu_has_avx512(void);
+/* expf_n with AVX2 and FMA where this CPU and C library allow it (expf_x86.c). */
+void sb_expf_x86(float *y, const float *x, int n);
+int sb_expf_vector_usable(void);
 #endif
+void sb_expf_libm(float *y, const float *x, int n); // one call at a time
 #if defined(__riscv_vector) || defined(__riscv_xtheadvector)
 extern const sb_kernel_set sb_kernels_rvv;
 int sb_rvv_usable(void); // the vector unit has the 32 fp32 lanes the kernels assume

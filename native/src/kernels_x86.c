@@ -196,6 +196,7 @@ const sb_kernel_set sb_kernels_avx512 = {
     .matvec_f32 = matvec_f32_avx512,
     .attn_scores_f32 = attn_scores_f32_avx512,
     .attn_mix_f32 = attn_mix_f32_avx512,
+    .expf_n = sb_expf_x86,
 };
 
 const sb_kernel_set sb_kernels_avx2 = {
@@ -204,5 +205,6 @@ const sb_kernel_set sb_kernels_avx2 = {
     .matvec_f32 = matvec_f32_avx2,
     .attn_scores_f32 = attn_scores_f32_avx2,
     .attn_mix_f32 = attn_mix_f32_avx2,
+    .expf_n = sb_expf_x86,
 };
 #endif

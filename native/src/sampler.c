@@ -8,12 +8,13 @@
 
 #include "internal.h"
 
-sb_status sb_sampler_init(sb_sampler *s, int vocab_size, char *err) {
+sb_status sb_sampler_init(sb_sampler *s, int vocab_size, const sb_kernel_set *kernels,
+                          char *err) {
     memset(s, 0, sizeof(*s));
     s->vocab_size = vocab_size;
+    s->kernels = kernels;
     s->candidates = malloc(sizeof(sb_prob_index) * (size_t)vocab_size);
-    s->sort_tmp = malloc(sizeof(sb_prob_index) * (size_t)vocab_size);
-    if (!s->candidates || !s->sort_tmp) {
+    if (!s->candidates) {
         sb_sampler_free(s);
         return sb_fail(err, SB_ERR_NOMEM, "out of memory for the sampler");
     }
@@ -22,7 +23,6 @@ sb_status sb_sampler_init(sb_sampler *s, int vocab_size, char *err) {
 
 void sb_sampler_free(sb_sampler *s) {
     free(s->candidates);
-    free(s->sort_tmp);
     memset(s, 0, sizeof(*s));
 }
 
@@ -44,16 +44,15 @@ static float random_f32(uint64_t *state) { // in [0, 1)
     return (float)(random_u32(state) >> 8) / 16777216.0f;
 }
 
-void sb_softmax(float *x, int n) {
+void sb_softmax(const sb_kernel_set *k, float *x, int n) {
     float max_val = x[0];
     for (int i = 1; i < n; i++) {
         if (x[i] > max_val) max_val = x[i];
     }
+    for (int i = 0; i < n; i++) x[i] -= max_val;
+    k->expf_n(x, x, n);
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max_val);
-        sum += x[i];
-    }
+    for (int i = 0; i < n; i++) sum += x[i];
     for (int i = 0; i < n; i++) x[i] /= sum;
 }
 
@@ -74,21 +73,34 @@ static int sample_mult(const float *p, int n, float coin) {
     return n - 1; // rounding left the coin above the total
 }
 
-/* Stable merge sort by descending probability. The reference sorts with glibc's
- * qsort, which is a stable merge sort for arrays of this size, so equal
- * probabilities keep their index order here too. */
-static void sort_desc(sb_prob_index *a, sb_prob_index *tmp, int n) {
-    for (int width = 1; width < n; width *= 2) {
-        for (int lo = 0; lo < n; lo += 2 * width) {
-            int mid = lo + width < n ? lo + width : n;
-            int hi = lo + 2 * width < n ? lo + 2 * width : n;
-            int i = lo, j = mid, k = lo;
-            while (i < mid && j < hi) tmp[k++] = a[j].prob > a[i].prob ? a[j++] : a[i++];
-            while (i < mid) tmp[k++] = a[i++];
-            while (j < hi) tmp[k++] = a[j++];
-        }
-        memcpy(a, tmp, sizeof(*a) * (size_t)n);
+/* Candidates leave in the order of a stable sort by descending probability: the
+ * reference sorts them all with glibc's qsort (a stable merge sort at this size), but
+ * only the nucleus, usually a small share of them, is ever read. A binary max-heap
+ * ordered by (probability, then lower index first) hands them out in that same order,
+ * for the price of one heapify and one pop per token read. */
+static int before(const sb_prob_index *a, const sb_prob_index *b) {
+    return a->prob > b->prob || (a->prob == b->prob && a->index < b->index);
+}
+
+static void sift_down(sb_prob_index *h, int n, int i) {
+    for (;;) {
+        int best = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && before(&h[l], &h[best])) best = l;
+        if (r < n && before(&h[r], &h[best])) best = r;
+        if (best == i) return;
+        sb_prob_index t = h[i];
+        h[i] = h[best];
+        h[best] = t;
+        i = best;
     }
+}
+
+/* Moves the first candidate in sorted order to h[n - 1]; h[0, n - 1) stays a heap. */
+static void pop(sb_prob_index *h, int n) {
+    sb_prob_index t = h[0];
+    h[0] = h[n - 1];
+    h[n - 1] = t;
+    sift_down(h, n - 1, 0);
 }
 
 static int sample_topp(sb_sampler *s, const float *p, int n, float coin) {
@@ -103,11 +115,13 @@ static int sample_topp(sb_sampler *s, const float *p, int n, float coin) {
             n0++;
         }
     }
-    sort_desc(c, s->sort_tmp, n0);
+    for (int i = n0 / 2 - 1; i >= 0; i--) sift_down(c, n0, i);
+    // the k-th candidate in sorted order lands at c[n0 - 1 - k]
     float cumulative = 0.0f;
     int last = n0 - 1;
     for (int i = 0; i < n0; i++) {
-        cumulative += c[i].prob;
+        pop(c, n0 - i);
+        cumulative += c[n0 - 1 - i].prob;
         if (cumulative > s->topp) {
             last = i;
             break;
@@ -116,17 +130,17 @@ static int sample_topp(sb_sampler *s, const float *p, int n, float coin) {
     float r = coin * cumulative;
     float cdf = 0.0f;
     for (int i = 0; i <= last; i++) {
-        cdf += c[i].prob;
-        if (r < cdf) return c[i].index;
+        cdf += c[n0 - 1 - i].prob;
+        if (r < cdf) return c[n0 - 1 - i].index;
     }
-    return c[last].index;
+    return c[n0 - 1 - last].index;
 }
 
 int sb_sample(sb_sampler *s, float *logits) {
     int n = s->vocab_size;
     if (s->temperature == 0.0f) return argmax(logits, n);
     for (int i = 0; i < n; i++) logits[i] /= s->temperature;
-    sb_softmax(logits, n);
+    sb_softmax(s->kernels, logits, n);
     float coin = random_f32(&s->rng);
     if (s->topp <= 0.0f || s->topp >= 1.0f) return sample_mult(logits, n, coin);
     return sample_topp(s, logits, n, coin);

@@ -100,7 +100,7 @@ sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_p
         if ((s = sb_model_load(&ctx->model, model_path, k, msg)) == SB_OK
             && (s = sb_tokenizer_load(&ctx->tokenizer, tokenizer_path, ctx->model.cfg.vocab_size,
                                       msg)) == SB_OK
-            && (s = sb_sampler_init(&ctx->sampler, ctx->model.cfg.vocab_size, msg)) == SB_OK
+            && (s = sb_sampler_init(&ctx->sampler, ctx->model.cfg.vocab_size, k, msg)) == SB_OK
             && (s = sb_state_init(&ctx->state, &ctx->model.cfg, params->n_threads,
                                   kv_half(params, &ctx->model) ? sb_qkernels_pick(generic) : NULL,
                                   msg)) == SB_OK) {

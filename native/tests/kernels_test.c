@@ -1,13 +1,17 @@
 /* kernels_test.c: checks every fp32 kernel set this CPU runs against the portable one,
  * bit for bit, on random data with full mantissas (any change in the order or rounding
- * of a sum shows), at shapes with padding rows and vector tails.
+ * of a sum shows), at shapes with padding rows and vector tails; and each set's expf
+ * against the C library's.
  *
  *     make -C native ktest                      (host; also runs qkernels_test)
  *     make -C native BUILD=DIR CC=... DIR/kernels_test   (a cross build, run under qemu)
+ *     kernels_test --all-floats                 (x86: the vector expf on all 2^32 inputs)
  *
  * Prints one line per failure and ends with "N passed, M failed" (exit status 1 on a
  * failure).
  */
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +61,8 @@ static void test_attention(const sb_kernel_set *k, int head_size, int n) {
     int seq_len = n + 3, stride = head_size + 5; // rows longer than used, as in the caches
     float *q = random_floats((size_t)head_size), *kt = random_floats((size_t)head_size * seq_len);
     float *v = random_floats((size_t)seq_len * stride), *att = random_floats((size_t)n);
-    float *want = malloc(sizeof(float) * (n + head_size)), *got = malloc(sizeof(float) * (n + head_size + 1));
+    float *want = malloc(sizeof(float) * (n + head_size));
+    float *got = malloc(sizeof(float) * (n + head_size + 1));
     sb_kernels_generic.attn_scores_f32(want, q, kt, head_size, seq_len, n);
     got[n] = 12345.0f;
     k->attn_scores_f32(got, q, kt, head_size, seq_len, n);
@@ -71,7 +76,60 @@ static void test_attention(const sb_kernel_set *k, int head_size, int n) {
     free(q), free(kt), free(v), free(att), free(want), free(got);
 }
 
-int main(void) {
+/* expf_n against expf, in place and not, at every length up to 40 (vector tails), on
+ * random arguments in the range softmax and SiLU use and on special values. */
+static void test_expf(const sb_kernel_set *k) {
+    static const float special[] = {0.0f, -0.0f, 88.0f, -88.0f, 87.99999f, -87.99999f, 88.8f,
+                                    -103.9f, -104.0f, -150.0f, 1e-30f, -1e-45f, INFINITY,
+                                    -INFINITY, NAN, 0x1.04845ep+5f, -0x1.f8cbb2p+5f};
+    enum { NS = sizeof(special) / sizeof(special[0]), MAX = 40 + NS };
+    float x[MAX], got[MAX], inplace[MAX];
+    int ok = 1;
+    for (int n = 0; n <= 40; n++) {
+        for (int i = 0; i < n; i++) x[i] = 40.0f * rand_float() - 30.0f;
+        memcpy(x + n, special, sizeof(special));
+        memcpy(inplace, x, sizeof(x));
+        k->expf_n(got, x, n + NS);
+        k->expf_n(inplace, inplace, n + NS);
+        for (int i = 0; i < n + NS; i++) {
+            float want = expf(x[i]);
+            ok &= memcmp(&want, &got[i], sizeof want) == 0;
+            ok &= memcmp(&want, &inplace[i], sizeof want) == 0;
+        }
+    }
+    check(ok, "expf_n", k->name, 40, NS);
+}
+
+#if defined(__x86_64__)
+/* Every float through the vector expf, 64k at a time, against the C library. */
+static int all_floats(void) {
+    printf("vector expf: %s\n", sb_expf_vector_usable() ? "in use" : "not usable here");
+    enum { CHUNK = 1 << 16 };
+    static float x[CHUNK], y[CHUNK];
+    uint64_t mismatches = 0;
+    for (uint64_t base = 0; base < (1ull << 32); base += CHUNK) {
+        for (uint32_t i = 0; i < CHUNK; i++) {
+            uint32_t bits = (uint32_t)(base + i);
+            memcpy(&x[i], &bits, sizeof bits);
+        }
+        sb_expf_x86(y, x, CHUNK);
+        for (uint32_t i = 0; i < CHUNK; i++) {
+            float want = expf(x[i]);
+            if (memcmp(&want, &y[i], sizeof want) != 0 && mismatches++ < 10) {
+                printf("FAIL expf(%a) = %a, the C library says %a\n", x[i], y[i], want);
+            }
+        }
+    }
+    printf("%llu of 2^32 floats differ\n", (unsigned long long)mismatches);
+    return mismatches != 0;
+}
+#endif
+
+int main(int argc, char **argv) {
+#if defined(__x86_64__)
+    if (argc > 1 && strcmp(argv[1], "--all-floats") == 0) return all_floats();
+#endif
+    (void)argc, (void)argv;
     const sb_kernel_set *sets[4];
     int nsets = sb_kernels_all(sets, 4);
     static const int shapes[][2] = {{288, 288}, {768, 288}, {288, 768}, {33, 7}, {100, 1},
@@ -88,6 +146,7 @@ int main(void) {
         for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
             test_attention(sets[s], heads[i][0], heads[i][1]);
         }
+        test_expf(sets[s]);
     }
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
