@@ -54,7 +54,8 @@ class Params:
     """Threads sharing each matrix-vector product (results do not depend on it)."""
     kv_fp16: Optional[bool] = None
     """KV cache in IEEE half precision (half its memory, no longer bit-exact); None: half
-    for quantized models, fp32 for the fp32 model (which stays exact)."""
+    for quantized models where the CPU converts halves in vector instructions (x86), else
+    fp32; the fp32 model stays fp32 (and exact)."""
 
 
 @dataclass(frozen=True)

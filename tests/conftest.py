@@ -25,8 +25,10 @@ def pytest_sessionstart(session):
     newest = max(p.stat().st_mtime for p in sources)
     if built and min(p.stat().st_mtime for p in built) >= newest:
         return
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)],
-                   check=True, stdout=subprocess.DEVNULL)
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e",
+                        str(REPO)], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"rebuilding the cffi extension failed:\n{r.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="session")

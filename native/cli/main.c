@@ -31,7 +31,7 @@ static int usage(const char *why) {
             "  -y <string> system prompt (chat mode only; ignored)\n"
             "  -j <int>    threads, default 1\n"
             "  -k <string> kernels: auto|generic, default auto\n"
-            "  -c <string> KV cache: auto|fp32|fp16, default auto (fp16 for quantized models)\n"
+            "  -c <string> KV cache: auto|fp32|fp16, default auto (fp16 for quantized models on x86)\n"
             "  -o <string> also write the token ids, one per line, to this file\n");
     return EXIT_FAILURE;
 }

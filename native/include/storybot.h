@@ -59,8 +59,9 @@ typedef struct {
     int n_threads;           /* threads sharing each matvec (the caller's included); 0 or 1 = one */
     sb_kernels kernels;
     int kv_fp16;             /* KV cache: 1 IEEE half (half the memory, not bit-exact), 0 fp32,
-                                -1 (default) half for quantized models, fp32 for fp32 ones
-                                (which stay exact). Chosen when the model is opened. */
+                                -1 (default) half for quantized models where the CPU converts
+                                halves in vector instructions (x86 F16C), else fp32 (the
+                                fp32 model stays exact). Chosen when the model is opened. */
 } sb_params;
 
 typedef enum {

@@ -23,6 +23,7 @@ typedef void (*sb_qmatvec_fn)(float *out, const int8_t *xq, const float *xs,
 
 typedef struct {
     const char *name;
+    int f16_vector; /* the f16 kernels below convert halves in vector instructions */
     /* x (n,) -> Q8_0: per group xs = max|x| / 127, xq = x * (127 / max|x|) rounded to
      * nearest even, xsum = sum of xq. n is a multiple of SB_QK. */
     void (*quantize_q8)(int8_t *xq, float *xs, int32_t *xsum, const float *x, int n);

@@ -159,7 +159,7 @@ static int has_avx512vnni(void) {
         && __builtin_cpu_supports("avx512vbmi");
 }
 
-#define QSET(s, rows) { .name = #s, .quantize_q8 = quantize_q8_avx2,                      \
+#define QSET(s, rows) { .name = #s, .f16_vector = 1, .quantize_q8 = quantize_q8_avx2,       \
                         .matvec_q8_0 = matvec_q8_0_##s, .matvec_q4_0 = matvec_q4_0_##s,     \
                         .matvec_q8_rows = matvec_q8_rows_##rows, .f16_store = f16_store_avx2, \
                         .f16_scores = f16_scores_avx2, .f16_mix = f16_mix_avx2 }

@@ -75,10 +75,13 @@ static sb_status check_params(const sb_params *p, char *err) {
 // ----------------------------------------------------------------------------
 // open / free
 
-/* A quantized model is not exact anyway, and on the Duo every megabyte counts: its KV
- * cache defaults to half precision (perplexity unchanged, see the README). */
-static int kv_half(const sb_params *p, const sb_model *m) {
-    return p->kv_fp16 < 0 ? m->wcls.type != SB_F32 : p->kv_fp16;
+/* A quantized model is not exact anyway: its KV cache defaults to half precision
+ * (half the memory, perplexity unchanged, see the README) where the kernels convert
+ * halves in vector instructions. Elsewhere (RISC-V, the portable kernels) each half
+ * costs a conversion in scalar code, which at the end of a story would cost the C906
+ * more than the whole rest of a token, so the cache stays fp32 there. */
+static int kv_half(const sb_params *p, const sb_model *m, const sb_qkernel_set *qk) {
+    return p->kv_fp16 < 0 ? m->wcls.type != SB_F32 && qk->f16_vector : p->kv_fp16;
 }
 
 sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_params *params,
@@ -97,12 +100,13 @@ sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_p
         ctx->params = *params;
         int generic = params->kernels == SB_KERNELS_GENERIC;
         const sb_kernel_set *k = sb_kernels_pick(generic);
+        const sb_qkernel_set *qk = sb_qkernels_pick(generic);
         if ((s = sb_model_load(&ctx->model, model_path, k, msg)) == SB_OK
             && (s = sb_tokenizer_load(&ctx->tokenizer, tokenizer_path, ctx->model.cfg.vocab_size,
                                       msg)) == SB_OK
             && (s = sb_sampler_init(&ctx->sampler, ctx->model.cfg.vocab_size, k, msg)) == SB_OK
             && (s = sb_state_init(&ctx->state, &ctx->model.cfg, params->n_threads,
-                                  kv_half(params, &ctx->model) ? sb_qkernels_pick(generic) : NULL,
+                                  kv_half(params, &ctx->model, qk) ? qk : NULL,
                                   msg)) == SB_OK) {
             sb_sampler_set(&ctx->sampler, params->temperature, params->topp, params->seed);
             *out = ctx;
