@@ -225,12 +225,18 @@ def plot(results: List[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timed = [r for r in results if r.tok_s]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 2 + 0.28 * len(timed)))
-    left.barh([f"{r.name} · {r.model}" for r in timed], [r.tok_s for r in timed])
+    rounds: Dict[str, List[float]] = {}  # one bar per build and model: median of rounds
+    for r in results:
+        if r.tok_s:
+            rounds.setdefault(f"{r.name} · {r.model}", []).append(r.tok_s)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 2 + 0.28 * len(rounds)))
+    mid = [statistics.median(v) for v in rounds.values()]
+    spread = [[m - min(v) for m, v in zip(mid, rounds.values())],
+              [max(v) - m for m, v in zip(mid, rounds.values())]]
+    left.barh(list(rounds), mid, xerr=spread, capsize=2)
     left.invert_yaxis()
     left.tick_params(axis="y", labelsize=7)
-    left.set_xlabel("generated tokens/s (median)")
+    left.set_xlabel("generated tokens/s (median of rounds; bars: their range)")
     seen = set()
     for r in results:  # one line per build and model: later rounds repeat the first
         if r.ms_by_position and (r.name, r.model) not in seen:
