@@ -3,10 +3,10 @@
 Every build runs in the same invocation as the baselines it is compared with, so the
 machine's load at the moment affects all of them alike. Numbers are reported, never
 asserted. Host builds are timed by native/build/storybot-bench (per-position times and
-the machine's read bandwidth, the fp32 roofline, on plain memory and on 2 MB pages); a baseline is any binary with run.c's
-command line (its "achieved tok/s" line is read); riscv64 builds run under qemu-user
-with the qemu-insncount plugin, which counts instructions between markers around each
-generated token.
+the machine's read bandwidth, the fp32 roofline, on plain memory and on 2 MB pages); a
+baseline is any binary with run.c's command line (its "achieved tok/s" line is read);
+riscv64 builds run under qemu-user with the qemu-insncount plugin, which counts
+instructions between markers around each generated token.
 """
 from __future__ import annotations
 
