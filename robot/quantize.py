@@ -29,7 +29,8 @@ column of 32 rows with one load and multiplies it by one activation; no row need
 horizontal sum.
 
 q8_0: scale = max|w| / 127, q = round(w / scale) in [-127, 127].
-q4_0: scale = max|w| / 7, q = round(w / scale) in [-7, 7] (symmetric).
+q4_0: q = round(w / scale) in [-8, 7], the scale chosen per group among max_w / k
+(max_w: the weight of largest magnitude, signed) to minimize the squared error.
 """
 from __future__ import annotations
 
@@ -149,15 +150,34 @@ def quantize_q8(w):
     return q.reshape(w.shape), scale
 
 
+# q4_0 scale candidates, as divisors of each group's largest-magnitude weight: -8 maps it
+# to the level that has no positive twin, the others trade its error for the rest's.
+Q4_DIVISORS = (-8.0, -7.75, -7.5, -7.25, -7.0, -6.75, -6.5, 7.0, 7.25, 7.5)
+
+
 def quantize_q4(w):
-    """(rows, cols) fp32 -> q in [-7, 7] (int8 array), fp32 scales (rows, cols / 32)."""
+    """(rows, cols) fp32 -> q in [-8, 7] (int8 array), fp32 scales (rows, cols / 32).
+
+    Each group of 32 takes, among scales max_w / k for k in Q4_DIVISORS (max_w the
+    weight of largest magnitude, with its sign), the one with the least squared error."""
     import numpy as np
 
     g = w.astype(np.float32).reshape(w.shape[0], -1, GROUP)
-    scale = (np.abs(g).max(axis=2) / np.float32(7)).astype(np.float32)
-    safe = np.where(scale > 0, scale, np.float32(1))
-    q = np.clip(np.rint(g / safe[:, :, None]), -7, 7).astype(np.int8)
-    return q.reshape(w.shape), scale
+    idx = np.abs(g).argmax(axis=2)[:, :, None]
+    peak = np.take_along_axis(g, idx, axis=2)[:, :, 0]
+    best_q = np.zeros(g.shape, np.int8)
+    best_s = np.zeros(peak.shape, np.float32)
+    best_err = np.full(peak.shape, np.inf)
+    for k in Q4_DIVISORS:
+        scale = (peak / np.float32(k)).astype(np.float32)
+        safe = np.where(scale != 0, scale, np.float32(1))
+        q = np.clip(np.rint(g / safe[:, :, None]), -8, 7)
+        err = ((g - q * scale[:, :, None]) ** 2).sum(axis=2)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_s = np.where(better, scale, best_s)
+        best_q = np.where(better[:, :, None], q.astype(np.int8), best_q)
+    return best_q.reshape(w.shape), best_s
 
 
 def pack_blocks(q, scale, fmt: str) -> Tuple[bytes, bytes]:

@@ -56,7 +56,10 @@ def open_error(path, tokenizer_path) -> EngineError:
 # converter
 
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
-def test_round_trip_within_half_a_step(small, fmt):
+def test_round_trip_error_is_bounded(small, fmt):
+    """q8_0: within half a step of max|w| / 127. q4_0: within one step of the coarsest
+    scale it may choose (max|w| / 6.5), and per group never worse than the plain
+    symmetric max|w| / 7 quantizer (one of the candidates it searches)."""
     c, tensors = Q.read_llama2c(small["fp32"])
     h = Q.read_header(small[fmt])
     assert (h.format, h.group_size, h.config) == (fmt, GROUP, c)
@@ -64,14 +67,22 @@ def test_round_trip_within_half_a_step(small, fmt):
     assert h.file_size == small[fmt].stat().st_size
     names = ["token_embedding"] + [f"{w}.{l}" for l in range(c.n_layers)
                                    for w in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")]
-    qmax = 127 if fmt == "q8_0" else 7
     for name in names:
         base, _, layer = name.partition(".")
         w = np.asarray(tensors[base][int(layer)] if layer else tensors[base], np.float32)
         deq = Q.read_matrix(small[fmt], name)
-        scale = np.abs(w.reshape(w.shape[0], -1, GROUP)).max(axis=2) / qmax
-        bound = np.repeat(scale, GROUP, axis=1) / 2 * (1 + 1e-5) + 1e-12
+        groups = w.reshape(w.shape[0], -1, GROUP)
+        peak = np.abs(groups).max(axis=2)
+        if fmt == "q8_0":
+            bound = np.repeat(peak / 127, GROUP, axis=1) / 2 * (1 + 1e-5) + 1e-12
+            assert np.all(np.abs(w - deq) <= bound), name
+            continue
+        bound = np.repeat(peak / 6.5, GROUP, axis=1) * (1 + 1e-5) + 1e-12
         assert np.all(np.abs(w - deq) <= bound), name
+        step = np.where(peak > 0, peak / 7, 1)[:, :, None]
+        symmetric = np.clip(np.rint(groups / step), -7, 7) * step
+        err = ((groups - deq.reshape(groups.shape)) ** 2).sum(axis=2)
+        assert np.all(err <= ((groups - symmetric) ** 2).sum(axis=2) * (1 + 1e-5) + 1e-12), name
 
 
 def test_norms_are_copied_exactly(small):

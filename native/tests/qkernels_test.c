@@ -42,20 +42,20 @@ static int rand_int(int lo, int hi) { // inclusive
 #endif
 
 // ----------------------------------------------------------------------------
-// weights: one int8 matrix q (d, n) in [-lim, lim], per-group scales, in every layout
+// weights: one int8 matrix q (d, n) in [lo, hi], per-group scales, in every layout
 
 typedef struct {
     int n, d;
     int8_t *q;          // (d, n) row-major: the truth
     float *s;           // (d, n / 32) scales
     int8_t *blocks8;    // SB_Q8_0 layout
-    uint8_t *blocks4;   // SB_Q4_0 layout (q must be in [-7, 7])
+    uint8_t *blocks4;   // SB_Q4_0 layout (q must be in [-8, 7])
     float *bscales;     // block scales [block][group][32]
     float *rscales;     // ak42 scales with group size gs
     int gs;
 } weights;
 
-static weights make_weights(int n, int d, int lim, int gs) {
+static weights make_weights(int n, int d, int lo, int hi, int gs) {
     weights w = {n, d, NULL, NULL, NULL, NULL, NULL, NULL, gs};
     int ng = n / SB_QK, nb = (d + SB_QK - 1) / SB_QK;
     w.q = malloc((size_t)n * d);
@@ -64,7 +64,7 @@ static weights make_weights(int n, int d, int lim, int gs) {
     w.blocks4 = calloc((size_t)nb * SB_QK * n / 2, 1);
     w.bscales = calloc((size_t)nb * SB_QK * ng, sizeof(float));
     w.rscales = malloc(sizeof(float) * (size_t)d * (n / gs));
-    for (int i = 0; i < d * n; i++) w.q[i] = (int8_t)rand_int(-lim, lim);
+    for (int i = 0; i < d * n; i++) w.q[i] = (int8_t)rand_int(lo, hi);
     for (int i = 0; i < d * ng; i++) w.s[i] = (float)rand_int(1, 1000) * 1e-4f;
     for (int i = 0; i < d * (n / gs); i++) w.rscales[i] = (float)rand_int(1, 1000) * 1e-4f;
     for (int r = 0; r < d; r++) {
@@ -128,7 +128,7 @@ static void test_products(const sb_qkernel_set *k, int n, int d, int gs, int mar
     check(!memcmp(xq, gq, n) && !memcmp(xs, gxs, sizeof(float) * n / SB_QK)
           && !memcmp(xsum, gsum, sizeof(int32_t) * n / SB_QK), "quantize_q8 = generic", k->name, n, d);
 
-    weights w8 = make_weights(n, d, 127, gs), w4 = make_weights(n, d, 7, gs);
+    weights w8 = make_weights(n, d, -127, 127, gs), w4 = make_weights(n, d, -8, 7, gs);
     out[d] = 12345.0f; // a guard: padding rows must not be written
     reference(want, &w8, xq, xs, 0);
     if (mark) MARK(10);
