@@ -81,13 +81,13 @@ static void expf_vector(float *y, const float *x, int n) {
         __m256i big = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(v), abs_mask),
                                          _mm256_sub_epi32(limit, _mm256_set1_epi32(1)));
         if (!_mm256_testz_si256(big, big)) {
-            for (int j = i; j < i + 8; j++) y[j] = expf(x[j]);
+            sb_expf_libm(y + i, x + i, 8);
             continue;
         }
         __m128 lo = exp4(_mm256_castps256_ps128(v)), hi = exp4(_mm256_extractf128_ps(v, 1));
         _mm256_storeu_ps(y + i, _mm256_set_m128(hi, lo));
     }
-    for (; i < n; i++) y[i] = expf(x[i]);
+    sb_expf_libm(y + i, x + i, n - i);
 }
 
 /* Inputs where implementations of expf are known to disagree: where glibc's fused and
@@ -130,7 +130,7 @@ void sb_expf_x86(float *y, const float *x, int n) {
     if (sb_expf_vector_usable()) {
         expf_vector(y, x, n);
     } else {
-        for (int i = 0; i < n; i++) y[i] = expf(x[i]);
+        sb_expf_libm(y, x, n);
     }
 }
 #endif
