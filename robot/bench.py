@@ -63,11 +63,11 @@ class Result:
     last_position: int = 0
     peak_rss_mb: float = 0.0
     roofline_fraction: float = 0.0
-    """tok_s over read bandwidth / weight bytes per token (fp32 builds only), the
-    bandwidth read from plain memory."""
+    """Median over runs of the run's tok/s over (read bandwidth / weight bytes per token),
+    the bandwidth read from plain memory just after the run (fp32 builds only)."""
     roofline_huge_fraction: float = 0.0
     """The same with the bandwidth read from memory on 2 MB pages, as the weights are held
-    where transparent huge pages are offered: the stricter roof."""
+    where transparent huge pages are offered."""
     insns_per_token: float = 0.0
     vector_insns_per_token: float = 0.0
     scalar_insns_per_token: float = 0.0
@@ -106,34 +106,44 @@ def _timed(argv: List[str]) -> tuple:
 
 def bench_host(name: str, binary: Path, model: Path, tok: Path, runs: int,
                kernels: str = "auto", threads: int = 1) -> Result:
-    out, _, rss = _timed([str(binary), str(model), str(tok), "-n", "256", "-r", str(runs),
-                          "-k", kernels, "-j", str(threads), "-b", "0", *STORY])
-    data = json.loads(out)
-    # the bandwidth pass allocates a buffer as large as the weights: apart, so RSS is clean
-    bw, _, _ = _timed([str(binary), str(model), str(tok), "-r", "0", "-k", kernels])
-    bw = json.loads(bw)
-    gen_rates, prompt_rates, series = [], [], []
-    for run in data["runs"]:
-        ms, p = run["ms"], run["prompt_tokens"]
+    """Times `runs` runs, one process each. An fp32 run is paired with a read-bandwidth
+    sample taken right after it, so the roofline fraction compares the two under the same
+    load of this machine (a shared machine's bandwidth drifts by tens of percent). The
+    sample runs in its own process: its buffers must not count in the peak RSS."""
+    gen_rates, prompt_rates, series, fractions, rss = [], [], [], ([], []), 0.0
+    bandwidths: tuple = ([], [])
+    for _ in range(runs):
+        out, _, peak = _timed([str(binary), str(model), str(tok), "-n", "256", "-r", "1",
+                               "-k", kernels, "-j", str(threads), "-b", "0", *STORY])
+        data = json.loads(out)
+        rss = max(rss, peak)
+        ms, p = data["runs"][0]["ms"], data["runs"][0]["prompt_tokens"]
         gen = ms[p:]
         if gen:
             gen_rates.append(len(gen) / (sum(gen) / 1e3))
         if p:
             prompt_rates.append(p / (sum(ms[:p]) / 1e3))
         series.append(ms)
+        if data["format"] == "llama2c-fp32" and gen:
+            bw, _, _ = _timed([str(binary), str(model), str(tok), "-r", "0", "-k", kernels])
+            bw = json.loads(bw)
+            for i, key in enumerate(("read_gbps", "read_gbps_huge")):
+                bandwidths[i].append(bw[key])
+                fractions[i].append(gen_rates[-1] / (bw[key] * 1e9 / data["weight_bytes"]))
     ms_by_pos = [statistics.median(col) for col in zip(*series)]
-    first_gen = min(data["runs"][0]["prompt_tokens"], len(ms_by_pos) - 1)
+    first_gen = min(p, len(ms_by_pos) - 1)
     r = Result(name, model.name, tok_s=statistics.median(gen_rates),
                prompt_tok_s=statistics.median(prompt_rates) if prompt_rates else 0.0,
                ms_first=ms_by_pos[0], ms_first_generated=ms_by_pos[first_gen],
                first_generated_position=first_gen, ms_last=ms_by_pos[-1],
                last_position=len(ms_by_pos) - 1, peak_rss_mb=rss,
                ms_by_position=ms_by_pos, note=f"kernels {data['kernels']}, {data['format']}")
-    if data["format"] == "llama2c-fp32" and bw["read_gbps"]:
-        roofs = [bw[k] * 1e9 / data["weight_bytes"] for k in ("read_gbps", "read_gbps_huge")]
-        r.roofline_fraction, r.roofline_huge_fraction = (r.tok_s / roof for roof in roofs)
-        r.note += (f", read {bw['read_gbps']:.1f} GB/s (2 MB pages {bw['read_gbps_huge']:.1f}),"
-                   f" roofline {roofs[0]:.0f} tok/s ({roofs[1]:.0f})")
+    if fractions[0]:
+        r.roofline_fraction, r.roofline_huge_fraction = map(statistics.median, fractions)
+        plain, huge = map(statistics.median, bandwidths)
+        r.note += (f", read {plain:.1f} GB/s (2 MB pages {huge:.1f}), median of runs;"
+                   f" roofline {plain * 1e9 / data['weight_bytes']:.0f} tok/s"
+                   f" ({huge * 1e9 / data['weight_bytes']:.0f})")
     return r
 
 
