@@ -152,7 +152,7 @@ sb_status sb_sampler_init(sb_sampler *s, int vocab_size, const sb_kernel_set *ke
                           char *err);
 void sb_sampler_free(sb_sampler *s);
 void sb_sampler_set(sb_sampler *s, float temperature, float topp, uint64_t seed);
-/* Samples a token; logits are modified (scaled and normalized). */
+/* Samples a token; logits are modified (scaled and exponentiated). */
 int sb_sample(sb_sampler *s, float *logits);
 /* x (n,) -> exp(x - max) / sum, in the reference's order (expf through k). */
 void sb_softmax(const sb_kernel_set *k, float *x, int n);

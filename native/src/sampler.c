@@ -44,7 +44,8 @@ static float random_f32(uint64_t *state) { // in [0, 1)
     return (float)(random_u32(state) >> 8) / 16777216.0f;
 }
 
-void sb_softmax(const sb_kernel_set *k, float *x, int n) {
+/* x (n,) -> exp(x - max); returns their sum: the softmax before its division. */
+static float exps(const sb_kernel_set *k, float *x, int n) {
     float max_val = x[0];
     for (int i = 1; i < n; i++) {
         if (x[i] > max_val) max_val = x[i];
@@ -53,6 +54,11 @@ void sb_softmax(const sb_kernel_set *k, float *x, int n) {
     k->expf_n(x, x, n);
     float sum = 0.0f;
     for (int i = 0; i < n; i++) sum += x[i];
+    return sum;
+}
+
+void sb_softmax(const sb_kernel_set *k, float *x, int n) {
+    float sum = exps(k, x, n);
     for (int i = 0; i < n; i++) x[i] /= sum;
 }
 
@@ -64,10 +70,14 @@ static int argmax(const float *p, int n) {
     return best;
 }
 
-static int sample_mult(const float *p, int n, float coin) {
+/* The samplers take e = exp(logit - max) and their sum: a probability e[i] / sum is
+ * divided out only where it is read, as the reference's softmax rounds it. A float
+ * division costs 20 cycles on the C906, and most of the vocabulary is never read. */
+
+static int sample_mult(const float *e, float sum, int n, float coin) {
     float cdf = 0.0f;
     for (int i = 0; i < n; i++) {
-        cdf += p[i];
+        cdf += e[i] / sum;
         if (coin < cdf) return i;
     }
     return n - 1; // rounding left the coin above the total
@@ -103,15 +113,22 @@ static void pop(sb_prob_index *h, int n) {
     sift_down(h, n - 1, 0);
 }
 
-static int sample_topp(sb_sampler *s, const float *p, int n, float coin) {
+static int sample_topp(sb_sampler *s, const float *e, float sum, int n, float coin) {
     // tokens below this cannot be in the nucleus, so they are not sorted
     const float cutoff = (1.0f - s->topp) / (float)(n - 1);
+    /* A probability e / sum rounds up by a relative 2^-24 at most, so reaching the
+     * cutoff takes e >= cutoff * sum / (1 + 2^-24); `below` stays under that despite its
+     * own two roundings, and only the e above it are divided and tested. Nothing here
+     * is subnormal: cutoff >= 2^-24 / n, and 1 <= sum <= n. */
+    const float below = cutoff * sum * 0.999f;
     sb_prob_index *c = s->candidates;
     int n0 = 0;
     for (int i = 0; i < n; i++) {
-        if (p[i] >= cutoff) {
+        if (e[i] < below) continue;
+        float p = e[i] / sum;
+        if (p >= cutoff) {
             c[n0].index = i;
-            c[n0].prob = p[i];
+            c[n0].prob = p;
             n0++;
         }
     }
@@ -139,9 +156,11 @@ static int sample_topp(sb_sampler *s, const float *p, int n, float coin) {
 int sb_sample(sb_sampler *s, float *logits) {
     int n = s->vocab_size;
     if (s->temperature == 0.0f) return argmax(logits, n);
-    for (int i = 0; i < n; i++) logits[i] /= s->temperature;
-    sb_softmax(s->kernels, logits, n);
+    if (s->temperature != 1.0f) { // x / 1.0f is x
+        for (int i = 0; i < n; i++) logits[i] /= s->temperature;
+    }
+    float sum = exps(s->kernels, logits, n);
     float coin = random_f32(&s->rng);
-    if (s->topp <= 0.0f || s->topp >= 1.0f) return sample_mult(logits, n, coin);
-    return sample_topp(s, logits, n, coin);
+    if (s->topp <= 0.0f || s->topp >= 1.0f) return sample_mult(logits, sum, n, coin);
+    return sample_topp(s, logits, sum, n, coin);
 }
