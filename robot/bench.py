@@ -124,7 +124,7 @@ def bench_host(name: str, binary: Path, model: Path, tok: Path, runs: int,
         if p:
             prompt_rates.append(p / (sum(ms[:p]) / 1e3))
         series.append(ms)
-        if data["format"] == "llama2c-fp32" and gen:
+        if data["format"] == "llama2c-fp32" and gen and threads == 1:  # one core's roof
             bw, _, _ = _timed([str(binary), str(model), str(tok), "-r", "0", "-k", kernels])
             bw = json.loads(bw)
             for i, key in enumerate(("read_gbps", "read_gbps_huge")):
@@ -173,34 +173,40 @@ def riscv_env() -> Dict[str, str]:
 
 def _count(emu: List[str], plugin: str, vspec: str, binary: Path, model: Path, tok: Path,
            steps: int) -> tuple:
-    """(marks, total insns, total vector insns) of one greedy run of `steps` positions."""
+    """(per generated position (insns, cycles), total insns, total vector insns) of one
+    run of the story for `steps` positions."""
     env = {"INSNCOUNT_VSPEC": vspec, "PATH": os.environ.get("PATH", "")}
     proc = subprocess.run([*emu, "-plugin", plugin, str(binary), str(model), str(tok),
-                           "-n", str(steps), "-r", "1", "-b", "0"],
+                           "-n", str(steps), "-r", "1", "-b", "0", *STORY],
                           capture_output=True, env=env, check=True)
     text = proc.stderr.decode(errors="replace")
     marks = [(int(a), int(b), int(c)) for a, b, c in re.findall(r"^mark (\d+) (\d+) (\d+)$", text, re.M)]
+    # each position lies between a mark 1 and the next mark 2; the last call only
+    # reports the end of the story
+    spans = [(m2[1] - m1[1], m2[2] - m1[2]) for m1, m2 in zip(marks[::2], marks[1::2])][:-1]
+    prompt = json.loads(proc.stdout)["runs"][0]["prompt_tokens"]
     total = re.search(r"^insns (\d+) vector (\d+)$", text, re.M)
-    return marks, int(total.group(1)), int(total.group(2))
+    return spans[prompt:], int(total.group(1)), int(total.group(2))
 
 
 def bench_riscv(name: str, env: Dict[str, str], model: Path, tok: Path, steps: int) -> Result:
     cc_var, emu_var, plugin_var, vspec = RISCV_BUILDS[name]
     build = make(f"build/{name}", env[cc_var])
     emu = shlex.split(env[emu_var])
-    marks, insns, vec = _count(emu, env[plugin_var], vspec, build / "storybot-bench", model, tok, steps)
-    # each generated position lies between a mark 1 and the next mark 2
-    spans = [(m2[1] - m1[1], m2[2] - m1[2]) for m1, m2 in zip(marks[::2], marks[1::2])]
-    spans = spans[:-1]  # the last call only reports the end of the story
-    # vector instructions are only totalled at exit: difference two runs of different length
-    half = max(2, steps // 2)
+    spans, insns, vec = _count(emu, env[plugin_var], vspec, build / "storybot-bench", model, tok, steps)
+    if len(spans) < 2:
+        raise ValueError(f"{steps} positions leave {len(spans)} generated after the story's "
+                         "prompt; give --riscv-steps room for at least 2")
+    # vector instructions are only totalled at exit: difference two runs of different
+    # length (the same prompt, so the difference is generated positions only)
+    half = steps - len(spans) // 2
     _, insns_h, vec_h = _count(emu, env[plugin_var], vspec, build / "storybot-bench", model, tok, half)
     per_token = statistics.median(s[0] for s in spans)
     vector = (vec - vec_h) / (steps - half)
     return Result(name, model.name, insns_per_token=per_token,
                   cycles_per_token=statistics.median(s[1] for s in spans),
                   vector_insns_per_token=vector, scalar_insns_per_token=per_token - vector,
-                  note=f"qemu-user, greedy, first {steps} positions")
+                  note=f"qemu-user, the story's sampling, generated positions of the first {steps}")
 
 
 # ---------------------------------------------------------------------------- report
