@@ -419,16 +419,14 @@ def measure_daemon(directory: Path, root: Path, steps: int) -> tuple[tuple[int, 
 
 
 def count_instructions(directory: Path, env: dict[str, str], steps: int) -> dict[str, tuple]:
-    """bench path -> (instructions, estimated C906 cycles) per generated token, medians of
-    `steps` greedy positions, counted by the qemu insncount plugin between the bench's marks."""
+    """bench path -> (instructions, estimated C906 cycles) per generated token, medians
+    over the generated positions among the story's first `steps` (bench.STORY's prompt
+    and sampling), counted by the qemu insncount plugin between the bench's marks."""
     counts = {}
     for rel, (emu_var, plugin_var, vspec) in COUNTED.items():
-        marks, _, _ = bench._count(shlex.split(env[emu_var]), env[plugin_var], vspec,
+        spans, _, _ = bench._count(shlex.split(env[emu_var]), env[plugin_var], vspec,
                                    directory / rel, directory / "models" / MODEL_NAME,
                                    directory / "models" / "tokenizer.bin", steps)
-        # each generated position lies between a mark 1 and the next mark 2; the last
-        # call only reports the story's end
-        spans = [(m2[1] - m1[1], m2[2] - m1[2]) for m1, m2 in zip(marks[::2], marks[1::2])][:-1]
         counts[rel] = (statistics.median(s[0] for s in spans),
                        statistics.median(s[1] for s in spans))
     return counts
@@ -491,8 +489,9 @@ def describe(directory: Path, m: Measurements) -> str:
                      f"{m.cli_peak_mb:.0f} MiB for the CLI alone.")
     lines += [f"  Note: {n}" for n in m.notes]
     if m.insns_per_token:
-        lines += ["", f"INSTRUCTIONS PER GENERATED TOKEN (qemu insncount plugin, greedy, "
-                      f"median of positions 1-{m.count_steps})"]
+        lines += ["", f"INSTRUCTIONS PER GENERATED TOKEN (qemu insncount plugin, "
+                      f"temperature 1, top-p 0.9, median of the generated positions "
+                      f"among the first {m.count_steps})"]
         for rel, insns in m.insns_per_token.items():
             lines.append(f"  {rel}: {insns / 1e6:.1f} M instructions, "
                          f"~{m.cycles_per_token[rel] / 1e6:.0f} M C906 cycles (plugin's model)")

@@ -57,7 +57,7 @@ def board_bundle(tmp_path_factory) -> bundle.Bundle:
              Path(env["RV_XUANTIE_QEMU"]).exists(), "riscv64 toolchains (tools/riscv/setup.sh)")
         _BUILT.append(bundle.build(MODELS / "stories15M.bin", MODELS / "tokenizer.bin",
                                    tmp_path_factory.mktemp("bundle"), userland=userland(),
-                                   measure_steps=64, count_steps=4))
+                                   measure_steps=64, count_steps=8))
     return _BUILT[0]
 
 
