@@ -43,7 +43,11 @@ const sb_kernel_set sb_kernels_generic = {
     .matvec_f32 = matvec_f32_generic,
     .attn_scores_f32 = attn_scores_f32_generic,
     .attn_mix_f32 = attn_mix_f32_generic,
+#if defined(__riscv)
+    .expf_n = sb_expf_glibc, // the numbers of run.c on glibc, also on a musl board
+#else
     .expf_n = sb_expf_libm,
+#endif
 };
 
 void sb_pack_rows_f32(float *dst, const float *src, int rows, int cols, int block) {

@@ -49,6 +49,9 @@ void sb_expf_x86(float *y, const float *x, int n);
 int sb_expf_vector_usable(void);
 #endif
 void sb_expf_libm(float *y, const float *x, int n); // one call at a time
+/* glibc's expf without calling a C library (expf.c): where glibc fuses its multiply-adds
+ * (riscv64, x86-64 with FMA) the same results on every float. */
+void sb_expf_glibc(float *y, const float *x, int n);
 #if defined(__riscv_vector) || defined(__riscv_xtheadvector)
 extern const sb_kernel_set sb_kernels_rvv;
 int sb_rvv_usable(void); // the vector unit has the 32 fp32 lanes the kernels assume

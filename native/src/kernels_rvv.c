@@ -73,6 +73,6 @@ const sb_kernel_set sb_kernels_rvv = {
     .matvec_f32 = matvec_f32_rvv,
     .attn_scores_f32 = attn_scores_f32_rvv,
     .attn_mix_f32 = attn_mix_f32_rvv,
-    .expf_n = sb_expf_libm,
+    .expf_n = sb_expf_glibc,
 };
 #endif

@@ -1,11 +1,12 @@
 /* kernels_test.c: checks every fp32 kernel set this CPU runs against the portable one,
  * bit for bit, on random data with full mantissas (any change in the order or rounding
  * of a sum shows), at shapes with padding rows and vector tails; and each set's expf
- * against the C library's.
+ * against the C library's, as is the copy of glibc's expf on one float in 4099.
  *
  *     make -C native ktest                      (host; also runs qkernels_test)
  *     make -C native BUILD=DIR CC=... DIR/kernels_test   (a cross build, run under qemu)
- *     kernels_test --all-floats                 (x86: the vector expf on all 2^32 inputs)
+ *     kernels_test --all-floats                 (all 2^32 inputs: the copy of glibc's
+ *                                                expf, and on x86 the vector expf)
  *
  * Prints one line per failure and ends with "N passed, M failed" (exit status 1 on a
  * failure).
@@ -100,36 +101,47 @@ static void test_expf(const sb_kernel_set *k) {
     check(ok, "expf_n", k->name, 40, NS);
 }
 
-#if defined(__x86_64__)
-/* Every float through the vector expf, 64k at a time, against the C library. */
-static int all_floats(void) {
-    printf("vector expf: %s\n", sb_expf_vector_usable() ? "in use" : "not usable here");
+/* The floats with bits 0, stride, 2 * stride, ... through expf_n, 64k at a time, against
+ * the C library; returns how many differ. */
+static uint64_t sweep(const char *name, void (*expf_n)(float *, const float *, int),
+                      uint32_t stride) {
     enum { CHUNK = 1 << 16 };
     static float x[CHUNK], y[CHUNK];
-    uint64_t mismatches = 0;
-    for (uint64_t base = 0; base < (1ull << 32); base += CHUNK) {
-        for (uint32_t i = 0; i < CHUNK; i++) {
-            uint32_t bits = (uint32_t)(base + i);
-            memcpy(&x[i], &bits, sizeof bits);
+    uint64_t mismatches = 0, count = 0;
+    for (uint64_t bits = 0; bits < (1ull << 32);) {
+        int n = 0;
+        for (; n < CHUNK && bits < (1ull << 32); n++, bits += stride) {
+            uint32_t b = (uint32_t)bits;
+            memcpy(&x[n], &b, sizeof b);
         }
-        sb_expf_x86(y, x, CHUNK);
-        for (uint32_t i = 0; i < CHUNK; i++) {
+        expf_n(y, x, n);
+        count += (uint64_t)n;
+        for (int i = 0; i < n; i++) {
             float want = expf(x[i]);
             if (memcmp(&want, &y[i], sizeof want) != 0 && mismatches++ < 10) {
-                printf("FAIL expf(%a) = %a, the C library says %a\n", x[i], y[i], want);
+                printf("FAIL %s(%a) = %a, the C library says %a\n", name, x[i], y[i], want);
             }
         }
     }
-    printf("%llu of 2^32 floats differ\n", (unsigned long long)mismatches);
+    printf("%s: %llu of %llu floats differ from the C library\n", name,
+           (unsigned long long)mismatches, (unsigned long long)count);
+    return mismatches;
+}
+
+/* Every float through the vector expf (x86) and the copy of glibc's, against the C
+ * library. */
+static int all_floats(void) {
+    uint64_t mismatches = 0;
+#if defined(__x86_64__)
+    printf("vector expf: %s\n", sb_expf_vector_usable() ? "in use" : "not usable here");
+    mismatches += sweep("vector expf", sb_expf_x86, 1);
+#endif
+    mismatches += sweep("sb_expf_glibc", sb_expf_glibc, 1);
     return mismatches != 0;
 }
-#endif
 
 int main(int argc, char **argv) {
-#if defined(__x86_64__)
     if (argc > 1 && strcmp(argv[1], "--all-floats") == 0) return all_floats();
-#endif
-    (void)argc, (void)argv;
     const sb_kernel_set *sets[4];
     int nsets = sb_kernels_all(sets, 4);
     static const int shapes[][2] = {{288, 288}, {768, 288}, {288, 768}, {33, 7}, {100, 1},
@@ -148,6 +160,9 @@ int main(int argc, char **argv) {
         }
         test_expf(sets[s]);
     }
+    // the copy of glibc's expf is exact where the C library is glibc built with FMA
+    // (riscv64 always, x86-64 on CPUs with FMA): one float in 4099, all ranges
+    check(sweep("sb_expf_glibc", sb_expf_glibc, 4099) == 0, "expf_glibc sweep", "", 4099, 0);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
