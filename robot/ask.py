@@ -8,8 +8,6 @@ import logging
 import os
 import sys
 
-from wyoming.event import Event
-
 from . import link
 from .board import DEFAULT_CONTROL_PORT
 
@@ -26,7 +24,7 @@ async def ask(address: str, prompt: str, settings: link.LinkSettings = link.Link
     conn = link.Link(client, settings, f"board {host}:{port}")
     outcome = {"code": 1}
 
-    async def handle(event: Event) -> bool:
+    async def handle(event: link.Event) -> bool:
         data = event.data
         if event.type == link.STORY_START:
             print(f"story {data['story']} ({data.get('source', '?')}): {data['opening']}",
@@ -44,7 +42,7 @@ async def ask(address: str, prompt: str, settings: link.LinkSettings = link.Link
         return True
 
     try:
-        await conn.send(Event(link.STORY_REQUEST, {"text": prompt}))
+        await conn.send(link.Event(link.STORY_REQUEST, {"text": prompt}))
         await conn.run(handle)
     finally:
         await client.disconnect()

@@ -30,12 +30,10 @@ import threading
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 
-from wyoming.error import Error
-from wyoming.event import Event
-
 from . import link
 from .button import ButtonEvent, ButtonSettings, ButtonWatcher, Line
 from .engine import Engine
+from .link import Event
 from .prompts import Shaped, describe, shape_prompt
 from .story import Story, StorySettings
 from .wordfilter import WordFilter
@@ -273,8 +271,8 @@ class Board:
 
     async def _on_request(self, text: str, asker: link.Link) -> None:
         if self.state is State.TELLING:
-            await _send_or_forget(asker, Error(text=f"busy telling story {self.story.id}",
-                                               code="busy").event())
+            await _send_or_forget(asker, link.error_event(f"busy telling story {self.story.id}",
+                                                          "busy"))
             return
         self._begin(shape_prompt(text, seed=self._story_id + 1), why="a typed prompt",
                     asker=asker, prompt=text)

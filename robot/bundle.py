@@ -18,7 +18,6 @@ the start of MANIFEST's sha256 (install.sh names the release after it)::
     lib/glibc-rv64gc/           ... for a glibc Python (Debian) on any riscv64 (gcc 12)
     lib/glibc-c906/             ... for a glibc Python on a C906 (GCC 14, XTheadVector)
     python/robot/               robot/*.py, data/, storybot.h (ABI mode reads the header)
-    python/wyoming/             the link's protocol package, pure Python, as installed here
     models/                     the 4-bit (q4_0) model made by robot.quantize, tokenizer.bin
     service/                    systemd/'s init script and units
 
@@ -57,9 +56,9 @@ from . import __version__, bench, models, quantize
 _LOGGER = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-# 4-bit, not int8: storybot serve with q8_0 peaks at 43 MiB under emulation, above the
-# Duo's 38 MB free; q4_0 takes 7 MiB less (and fewer cycles per token), for a perplexity
-# 1.12x fp32's instead of 1.001x (README, "Quantized models").
+# 4-bit, not int8: storybot serve with q8_0 peaks at 40.9 MiB under emulation,
+# above the Duo's 38 MB free; q4_0 takes 7 MiB less (and fewer cycles per token), for a
+# perplexity 1.12x fp32's instead of 1.001x (README, "Models and what they cost").
 MODEL_FORMAT = "q4_0"
 MODEL_NAME = f"stories15M.{MODEL_FORMAT}.bin"
 PROMPT = "Once upon a time"
@@ -182,7 +181,6 @@ def stage(directory: Path, built: dict[str, Path], model: Path, tokenizer: Path)
     for src in sorted((REPO / "robot" / "data").iterdir()):
         _copy(src, package / "data" / src.name)
     _copy(REPO / "native" / "include" / "storybot.h", package / "storybot.h")
-    _copy_distribution("wyoming", directory / "python")
 
     _LOGGER.info("quantizing %s to %s", model, MODEL_FORMAT)
     (directory / "models").mkdir(parents=True, exist_ok=True)
@@ -208,18 +206,6 @@ def _copy(src: Path, dst: Path, mode: int = 0o644) -> None:
     dst.chmod(mode)
 
 
-def _copy_distribution(name: str, dest: Path) -> None:
-    """An installed pure-Python distribution's files (its license included), no bytecode."""
-    # imported here, as tarfile below: the board's storybot command imports this module
-    # to list the subcommand, and these two are slow to import on a C906
-    import importlib.metadata
-
-    dist = importlib.metadata.distribution(name)
-    for file in dist.files or []:
-        if "__pycache__" not in file.parts and not file.name.endswith((".pyc", ".so")):
-            _copy(Path(file.locate()), dest / file)
-
-
 def write_manifest(directory: Path) -> str:
     """Writes MANIFEST; returns its sha256."""
     lines = []
@@ -241,7 +227,7 @@ def _sha256(path: Path) -> str:
 
 
 def write_tarball(directory: Path, tarball: Path) -> None:
-    import tarfile
+    import tarfile  # here: slow to import on a C906, and only this step needs it
 
     def owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0

@@ -1,7 +1,11 @@
 """The link between board and voice host: Wyoming events over TCP, bounded and kept alive.
 
-Both machines speak the Wyoming protocol (the ``wyoming`` package): one JSON line per
-event, then optional extra data and a binary payload whose lengths the line gives.
+Both machines speak the Wyoming protocol: one JSON line per event, then optional extra
+data and a binary payload whose lengths the line gives. This module frames events itself
+rather than through the ``wyoming`` package, which the voice host still uses for its
+standard events (they pass through here as they are): on the board, importing that
+package costs about 3 MiB of its 38 MB (it looks its own version up through
+importlib.metadata, which imports email, zipfile, csv and more).
 Standard events carry what Wyoming already names (``transcript``, ``synthesize``,
 ``audio-start``/``audio-chunk``/``audio-stop``, ``ping``/``pong``, ``error``); the
 story has events of its own, listed in ``FIELDS`` with the fields their data must hold.
@@ -39,12 +43,8 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
-from wyoming.client import AsyncTcpClient
-from wyoming.event import Event
-from wyoming.ping import Ping, Pong
-from wyoming.server import AsyncEventHandler, AsyncTcpServer
+from dataclasses import dataclass, field
+from typing import Any
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ STORY_SPOKEN = "story-spoken"
 STORY_DONE = "story-done"
 SYNTHESIZE = "synthesize"
 ERROR = "error"
+PING = "ping"
+PONG = "pong"
 
 # Events this link checks: type -> {field: accepted type(s)}. Other fields may come too.
 FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -104,6 +106,36 @@ class LinkSettings:
 
 class LinkClosed(ConnectionError):
     """The link is down: nothing can be sent now."""
+
+
+@dataclass
+class Event:
+    """One Wyoming event. Anything with these three attributes can be sent, such as the
+    ``wyoming`` package's own events on the voice host."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    payload: bytes | None = None
+
+
+def error_event(text: str, code: str) -> Event:
+    return Event(ERROR, {"text": text, "code": code})
+
+
+async def write_event(writer: asyncio.StreamWriter, event: Event) -> None:
+    """Frames event as the ``wyoming`` package does: the line, the data, the payload."""
+    header: dict[str, Any] = {"type": event.type}
+    data = json.dumps(event.data, ensure_ascii=False).encode() if event.data else b""
+    if data:
+        header["data_length"] = len(data)
+    if event.payload:
+        header["payload_length"] = len(event.payload)
+    writer.writelines((json.dumps(header, ensure_ascii=False).encode(), b"\n"))
+    if data:
+        writer.write(data)
+    if event.payload:
+        writer.write(event.payload)
+    await writer.drain()
 
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -230,8 +262,8 @@ Handler = Callable[[Event], Awaitable[bool]]
 class Link:
     """One open connection: keepalive, bounded reads, and sends that cannot hang.
 
-    peer is a wyoming client or event handler with read_event() (bounded, see below)
-    and write_event(). run() answers pings itself and hands every other well-formed
+    peer is a BoundedTcpClient or a LinkHandler: read_event() (bounded, see below) and
+    write_event(). run() answers pings itself and hands every other well-formed
     event to a handler until the peer closes, falls silent, or the handler returns False.
     """
 
@@ -269,10 +301,10 @@ class Link:
                 if event is None:
                     _LOGGER.info("%s closed the link", self.name)
                     return
-                if Ping.is_type(event.type):
-                    await self.send(Pong(text=event.data.get("text")).event())
+                if event.type == PING:
+                    await self.send(Event(PONG, {"text": event.data.get("text")}))
                     continue
-                if Pong.is_type(event.type):
+                if event.type == PONG:
                     continue
                 problem = check(event, self.settings)
                 if problem is not None:
@@ -292,23 +324,36 @@ class Link:
         try:
             while True:
                 await asyncio.sleep(self.settings.ping_seconds)
-                await self.send(Ping().event())
+                await self.send(Event(PING, {"text": None}))
         except LinkClosed:
             pass  # the reader notices too, and ends the link
 
 
-class BoundedTcpClient(AsyncTcpClient):
-    """wyoming's TCP client with the bounded reader."""
+class BoundedTcpClient:
+    """A TCP connection to a server, read with the bounded reader."""
 
     def __init__(self, host: str, port: int, settings: LinkSettings) -> None:
-        super().__init__(host, port)
+        self.host, self.port = host, port
         self.settings = settings
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> None:
-        await within(super().connect(), self.settings.connect_timeout_seconds)
+        self._reader, self._writer = await within(
+            asyncio.open_connection(self.host, self.port),
+            self.settings.connect_timeout_seconds)
 
     async def read_event(self) -> Event | None:
         return await read_event(self._reader, self.settings)
+
+    async def write_event(self, event: Event) -> None:
+        await write_event(self._writer, event)
+
+    async def disconnect(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            await writer.wait_closed()
 
 
 class LinkClient:
@@ -366,7 +411,7 @@ class LinkClient:
             await asyncio.sleep(_jitter(backoff))
 
 
-async def _close(client: AsyncTcpClient) -> None:
+async def _close(client: BoundedTcpClient) -> None:
     try:
         await within(client.disconnect(), 1.0)
     except (OSError, asyncio.TimeoutError):
@@ -378,7 +423,7 @@ def _jitter(seconds: float) -> float:
     return seconds * random.uniform(0.8, 1.2)
 
 
-class LinkHandler(AsyncEventHandler):
+class LinkHandler:
     """A server's side of one connection: bounded reads and keepalive.
 
     Subclasses implement handle_event (return False to hang up) and may override
@@ -387,13 +432,22 @@ class LinkHandler(AsyncEventHandler):
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  settings: LinkSettings) -> None:
-        super().__init__(reader, writer)
+        self.reader, self.writer = reader, writer
         peer = writer.get_extra_info("peername")
         self.link = Link(self, settings, f"{peer[0]}:{peer[1]}" if peer else "peer")
         self.finished = asyncio.Event()
 
+    async def handle_event(self, event: Event) -> bool:
+        raise NotImplementedError
+
+    async def disconnect(self) -> None:
+        pass
+
     async def read_event(self) -> Event | None:
         return await read_event(self.reader, self.link.settings)
+
+    async def write_event(self, event: Event) -> None:
+        await write_event(self.writer, event)
 
     async def run(self) -> None:
         try:
@@ -405,9 +459,14 @@ class LinkHandler(AsyncEventHandler):
                 self.writer.close()
                 self.finished.set()
 
+    def stop(self) -> None:
+        """Ends the link: its reader sees the end of the stream."""
+        self.writer.close()
+        self.reader.feed_eof()
+
 
 class LinkServer:
-    """A wyoming TCP server kept listening: binding is retried with backoff.
+    """A TCP server kept listening: binding is retried with backoff.
 
     The retry matters after a quick restart, when the port may still be held.
     handler_factory(reader, writer) makes a LinkHandler for each connection.
@@ -423,19 +482,17 @@ class LinkServer:
         self._handlers: set[LinkHandler] = set()
         self.listening = asyncio.Event()
 
-    def _make_handler(self, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> LinkHandler:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._handlers = {h for h in self._handlers if not h.finished.is_set()}
         handler = self._factory(reader, writer)
         self._handlers.add(handler)
-        return handler
+        await handler.run()
 
     async def run(self) -> None:
         backoff = self.settings.backoff_seconds
         while True:
-            server = AsyncTcpServer(self.host, self.port)
             try:
-                await server.start(self._make_handler)
+                server = await asyncio.start_server(self._serve, self.host, self.port)
             except OSError as err:
                 _LOGGER.warning("Cannot listen on %s:%d (%s); retrying in %.1f s",
                                 self.host, self.port, err, backoff)
@@ -450,5 +507,7 @@ class LinkServer:
                 self.listening.clear()
                 # Closes every connection and waits for each handler's disconnect(), so
                 # nothing a connection started (audio, threads) outlives the server.
-                await server.stop()
+                server.close()
+                for handler in self._handlers:
+                    handler.stop()
                 await asyncio.gather(*(h.finished.wait() for h in self._handlers))

@@ -3,10 +3,12 @@
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import tracemalloc
 
 import pytest
-from wyoming.event import Event, async_write_event
+from wyoming.event import Event, async_read_event, async_write_event
 
 from robot import link
 
@@ -71,6 +73,34 @@ async def test_reads_what_wyoming_writes_data_and_payload():
     got = await read_all(reader_of(await encoded(*sent)))
     assert [(e.type, e.data, e.payload) for e in got] == \
         [(e.type, e.data, e.payload) for e in sent]
+
+
+@pytest.mark.asyncio
+async def test_wyoming_reads_what_the_link_writes():
+    """The link frames events itself (the board does not import wyoming): the voice
+    host's wyoming and any other Wyoming peer must read them as their own."""
+    sent = [link.Event("story-sentence", {"story": 1, "index": 0, "text": "Hi, 안녕."}),
+            link.Event("audio-chunk", {"rate": 16000}, payload=b"\x01\x02" * 100),
+            link.Event("ping"),
+            Event("synthesize", {"text": "a wyoming event, sent as it is"})]
+    pipe = Pipe()
+    for event in sent:
+        await link.write_event(pipe, event)
+    reader = reader_of(bytes(pipe.data))
+    got = [await async_read_event(reader) for _ in sent]
+    assert [(e.type, e.data, e.payload) for e in got] == \
+        [(e.type, e.data, e.payload) for e in sent]
+    assert await async_read_event(reader) is None
+
+
+def test_the_board_side_does_not_import_wyoming():
+    """What the board runs stays out of the wyoming package (and importlib.metadata,
+    which it imports): about 3 MiB of the Duo's memory."""
+    code = ("import sys, robot.board, robot.ask; "
+            "print(sorted(m for m in ('wyoming', 'importlib.metadata', 'ssl') "
+            "if sys.modules.get(m) is not None))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
 @pytest.mark.asyncio
