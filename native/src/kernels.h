@@ -25,7 +25,8 @@ typedef struct {
                             int seq_len, int n);
     void (*attn_mix_f32)(float *out, const float *att, const float *v, int head_size,
                          int stride, int n);
-    /* y[i] = expf(x[i]) (n,), bit for bit the C library's (y may be x). */
+    /* y[i] = expf(x[i]) (n,), bit for bit glibc's: the C library's on x86, the copy of
+     * glibc's algorithm on RISC-V, whatever its C library (y may be x). */
     void (*expf_n)(float *y, const float *x, int n);
 } sb_kernel_set;
 
