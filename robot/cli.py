@@ -73,10 +73,10 @@ COMMANDS = {
     "serve": ("board", "run the board: button, prompts, stories to the voice host"),
     "ask": ("ask", "ask a running board (storybot serve) for a story"),
     "voice-host": ("voicehost", "serve boards: hear prompts (Vosk), speak stories (Piper)"),
-    "bench": ("bench", "measure speed and memory of each build beside baselines"),
-    "quantize": ("quantize", "convert a llama2.c fp32 checkpoint to storybot's int8 or 4-bit file"),
-    "eval": ("evaluate", "perplexity and greedy agreement of model formats against fp32"),
-    "bundle": ("bundle", "cross-build what goes onto the board, with the int8 model"),
+    "bench": ("dev.bench", "measure speed and memory of each build beside baselines"),
+    "quantize": ("dev.quantize", "convert a llama2.c fp32 checkpoint to storybot's int8 or 4-bit file"),
+    "eval": ("dev.evaluate", "perplexity and greedy agreement of model formats against fp32"),
+    "bundle": ("dev.bundle", "cross-build what goes onto the board, with its 4-bit model"),
 }
 
 

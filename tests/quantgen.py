@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robot.quantize import read_llama2c
+from robot.dev.quantize import read_llama2c
 
 AK42_MAGIC = 0x616B3432
 

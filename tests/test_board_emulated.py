@@ -24,7 +24,8 @@ from conftest_audio import joe_synthesizer
 from test_install import board_bundle, need, userland  # noqa: F401  (board_bundle: fixture)
 from test_voicehost import wav_seconds
 
-from robot import bench, bundle, link
+from robot import link
+from robot.dev import bench, bundle
 from robot.engine import Engine, Params
 from robot.story import Story, is_complete
 from robot.voicehost import VoiceHost, VoiceHostSettings

@@ -2,7 +2,7 @@
 second time, refuses a damaged or altered bundle, and a failed install leaves the
 running release as it was. Run by BusyBox's ash (the Duo's shell) and by dash.
 
-The bundle is built once per test run (robot.bundle.build, under a minute) and shared
+The bundle is built once per test run (robot.dev.bundle.build, under a minute) and shared
 with tests/test_board_emulated.py. Installs go into temporary roots (--root), where the
 riscv64 programs cannot run, except where --emulator hands them to qemu-user.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MODELS, REPO
-from robot import bench, bundle
+from robot.dev import bench, bundle
 
 REQUIRED = os.environ.get("STORYBOT_REQUIRE_ALL") == "1"
 SHELLS = {"busybox-ash": ["busybox", "sh"], "dash": ["dash"]}

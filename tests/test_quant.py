@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from modelgen import Header, write_model
 from quantgen import ak42_header, write_ak42
-from robot import quantize as Q
+from robot.dev import quantize as Q
 from robot.engine import Engine, EngineError, Params
 
 SMALL = Header(dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, seq_len=32)

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from conftest import golden_cases
-from robot import bench
+from robot.dev import bench
 
 REQUIRED = os.environ.get("STORYBOT_REQUIRE_ALL") == "1"
 # greedy, top-p 0.9, top-p 1.0 (the cases most sensitive to rounding), a prompt longer

@@ -13,7 +13,8 @@ from array import array
 import pytest
 from conftest import REPO
 
-from robot.tellcmd import PacedSink, request_opening
+from robot.dev.tellbench import PacedSink
+from robot.tellcmd import request_opening
 from robot.wordfilter import WordFilter
 
 

@@ -59,7 +59,7 @@ print(f"achieved tok/s: {e.stats.tokens_per_second:f}", file=sys.stderr)
 
 
 def ensure_models(model, workdir: Path):
-    from robot import quantize
+    from robot.dev import quantize
 
     workdir.mkdir(parents=True, exist_ok=True)
     files = {"fp32": Path(model)}

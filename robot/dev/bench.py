@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import models
+from .. import models
 
 _LOGGER = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NATIVE = REPO / "native"
 
 # Prompt positions are timed apart from generated ones. With the fp32 model this seed
@@ -297,7 +297,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(table(results))
     tell = []
     if args.tell:
-        from .tellcmd import run_tell_bench, tell_bench_table
+        from .tellbench import run_tell_bench, tell_bench_table
 
         for model in model_paths:
             tell.append(run_tell_bench(str(model), str(tok), args.voice))

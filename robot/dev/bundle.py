@@ -51,11 +51,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, bench, models, quantize
+from .. import __version__, models
+from . import bench, quantize
 
 _LOGGER = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # 4-bit, not int8: storybot serve with q8_0 peaks at 40.9 MiB under emulation,
 # above the Duo's 38 MB free; q4_0 takes 7 MiB less (and fewer cycles per token), for a
 # perplexity 1.12x fp32's instead of 1.001x (README, "Models and what they cost").
@@ -379,7 +380,7 @@ def free_port() -> int:
 def measure_daemon(directory: Path, root: Path, steps: int) -> tuple[tuple[int, int], int, int]:
     """((peak guest RSS, of which model), RSS once idle again, sentences) of storybot serve
     telling one story of `steps` positions, asked for on its control port."""
-    from .ask import ask
+    from ..ask import ask
 
     python = str(root / "usr" / "bin" / "python3")
     env = board_env(directory, directory / "lib" / "glibc-rv64gc" / "libstorybot.so")

@@ -100,7 +100,7 @@ class Greedy:
 
 
 def generate(engine, case) -> Greedy:
-    from .engine import Params
+    from ..engine import Params
 
     params = Params(temperature=0.0, topp=case["topp"], seed=case["seed"] or 1,
                     steps=case["steps"], kernels=engine.params.kernels,
@@ -171,7 +171,7 @@ def evaluate(models: List[str], fp32: str, tokenizer: str, text: str, golden: st
              run_c: Optional[str] = None, runq_c: Optional[str] = None,
              runq_model: Optional[str] = None) -> List[FormatResult]:
     from . import quantize
-    from .engine import Engine, Params
+    from ..engine import Engine, Params
 
     stories = read_stories(text, limit)
     cases = greedy_cases(golden)
@@ -235,7 +235,7 @@ def format_table(results: List[FormatResult]) -> str:
 # command line
 
 def cmd_eval(args) -> int:
-    from . import models
+    from .. import models
 
     results = evaluate(
         [str(models.find(m)) for m in args.models], str(models.find(args.fp32)),
@@ -255,9 +255,9 @@ def cmd_eval(args) -> int:
 
 
 def register(sub) -> None:
-    from . import models
+    from .. import models
 
-    shared = Path(__file__).resolve().parent.parent.parent / "shared"
+    shared = Path(__file__).resolve().parents[3] / "shared"
     p = sub.add_parser("eval", help="perplexity and greedy agreement of model formats "
                                     "against fp32")
     p.add_argument("models", nargs="+", help="model files to compare (any format)")
@@ -283,6 +283,6 @@ def register(sub) -> None:
 
 
 if __name__ == "__main__":
-    from .cli import main
+    from ..cli import main
 
     sys.exit(main(["eval", *sys.argv[1:]]))

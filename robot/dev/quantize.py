@@ -387,7 +387,7 @@ def convert(src, dst, fmt: str = "q8_0", show_progress: Optional[bool] = None) -
 
 
 def cmd_quantize(args) -> int:
-    from . import models
+    from .. import models
 
     size = convert(models.find(args.model), args.output, args.format,
                    show_progress=False if args.quiet else None)
