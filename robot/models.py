@@ -10,17 +10,19 @@ _LOGGER = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 
-# name -> (sha256, upstream address); the checksums are also in models/SHA256SUMS
-KNOWN: Dict[str, tuple] = {
-    "stories15M.bin": (
-        "cd590644d963867a2b6e5a1107f51fad663c41d79c149fbecbbb1f95fa81f49a",
-        "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories15M.bin",
-    ),
-    "tokenizer.bin": (
-        "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361",
-        "https://github.com/karpathy/llama2.c/raw/master/tokenizer.bin",
-    ),
+# Where each known file comes from; its sha256 is in data/SHA256SUMS (models/SHA256SUMS
+# links there, so `sha256sum -c` works in a checkout).
+SOURCES: Dict[str, str] = {
+    "stories15M.bin": "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories15M.bin",
+    "tokenizer.bin": "https://github.com/karpathy/llama2.c/raw/master/tokenizer.bin",
 }
+
+
+def known_sha256() -> Dict[str, str]:
+    """name -> sha256 of each known model file, from the package's SHA256SUMS."""
+    lines = (Path(__file__).parent / "data" / "SHA256SUMS").read_text().splitlines()
+    return {name: digest for digest, name in (line.split() for line in lines if line.strip())}
+
 
 DEFAULT_MODEL = "stories15M.bin"
 DEFAULT_TOKENIZER = "tokenizer.bin"
@@ -55,7 +57,7 @@ def find(name_or_path: "str | os.PathLike[str]") -> Path:
     for d in search_dirs():
         if (d / path.name).is_file():
             return d / path.name
-    hint = "; `storybot fetch-models` downloads it" if path.name in KNOWN else ""
+    hint = "; `storybot fetch-models` downloads it" if path.name in SOURCES else ""
     searched = ", ".join(str(d) for d in search_dirs())
     raise ModelNotFound(f"{path.name} is not in any of: {searched}{hint}")
 
@@ -81,11 +83,10 @@ def download(name: str, dest: Optional[Path] = None, url: Optional[str] = None,
     import tempfile
     import urllib.request
 
-    if name not in KNOWN and (url is None or expected_sha256 is None):
+    if name not in SOURCES and (url is None or expected_sha256 is None):
         raise KeyError(f"{name} is not a known model file; give its url and sha256")
-    known_sha, known_url = KNOWN.get(name, (None, None))
-    url = url or known_url
-    expected = expected_sha256 or known_sha
+    url = url or SOURCES[name]
+    expected = expected_sha256 or known_sha256()[name]
     dest = Path(dest) if dest else cache_dir()
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / name

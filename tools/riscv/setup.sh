@@ -112,20 +112,8 @@ start_venv_job() {
 [[ -n "$PY" ]] && start_venv_job
 
 # ------------------------------------------------------------------ step: Debian packages
-missing=()
-for p in "${APT_PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q > "$LOGS/apt.log" 2>&1 || { tail -20 "$LOGS/apt.log" >&2; die "apt-get update failed"; }
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >> "$LOGS/apt.log" 2>&1 ||
-        { tail -30 "$LOGS/apt.log" >&2; die "apt-get install failed"; }
-    log "apt done"
-else
-    log "Debian packages: already installed"
-fi
+. "$HERE/apt.sh"
+apt_ensure "${APT_PKGS[@]}"
 if [[ -z "$PY" ]]; then PY=/usr/bin/python3; start_venv_job; fi
 for t in riscv64-linux-gnu-gcc-12 clang-16 qemu-riscv64 debootstrap unshare flock; do
     command -v "$t" >/dev/null || die "$t is missing after apt-get install"

@@ -31,16 +31,8 @@ die() { printf '[riscv-userland] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [[ $(id -u) == 0 ]] || die "must run as root (apt-get, debootstrap)"
 
-missing=()
-for p in "${APT_PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+apt_ensure "${APT_PKGS[@]}"
 QEMU=$(command -v qemu-riscv64-static) || die "qemu-riscv64-static is missing"
 
 works() { # the userland's python3 parses a declaration with cffi (pycparser, ply) under qemu
