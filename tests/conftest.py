@@ -60,3 +60,17 @@ def engine(model_path, tokenizer_path):
 
 def golden_cases():
     return json.loads(GOLDEN.read_text())["cases"]
+
+
+def truncated_text(engine, case, steps):
+    """What run.c prints for a golden case cut to `steps` positions: the first tokens of
+    the same story, so a non-empty prefix of an accepted text (checked here, so that a
+    run printing nothing cannot pass as a prefix)."""
+    from robot.engine import Params
+
+    params = Params(temperature=case["temperature"], topp=case["topp"], seed=case["seed"],
+                    steps=steps)
+    text = b"".join(t.piece for t in engine.tokens(case["prompt"], params) if t.printable)
+    assert text and any(a["stdout"].encode().startswith(text) for a in case["accept"])
+    return text + b"\n"
+
