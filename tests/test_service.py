@@ -131,6 +131,39 @@ def test_sigterm_during_a_story_exits_cleanly(notify_socket, tmp_path):
     assert "Threads still running" not in err and "Traceback" not in err
 
 
+def test_ask_piped_into_head_ends_quietly():
+    port = free_port()
+    board = storybot("serve", "--control", f"127.0.0.1:{port}", "--button", "none",
+                     "--steps", "256")
+    try:
+        def asked():
+            # `storybot ask ... | head -1`: the reader closes the pipe after one line.
+            asker = storybot("ask", "--board", f"127.0.0.1:{port}", "Once upon a time")
+            first = asker.stdout.readline()
+            asker.stdout.close()
+            err = asker.stderr.read()
+            asker.wait(timeout=30)
+            asker.stderr.close()
+            return asker.returncode, first, err
+
+        wait_for(lambda: socket_open(port))
+        code, first, err = asked()
+    finally:
+        board.terminate()
+        board.communicate(timeout=20)
+    assert first.startswith("Once upon a time"), err
+    assert code == 0 and "error" not in err and "Broken pipe" not in err, err
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+
+
+def socket_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_the_voice_host_stops_cleanly_on_sigterm(notify_socket, tmp_path):
     port = free_port()
     proc = storybot("voice-host", "--host", "127.0.0.1", "--port", str(port),
