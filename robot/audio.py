@@ -7,7 +7,6 @@ import ctypes
 import logging
 import functools
 import os
-import secrets
 import sys
 import wave
 from collections.abc import Iterator
@@ -57,7 +56,7 @@ class WavSink:
     def open(self, sample_rate: int) -> None:
         # Made with the mode of an ordinary file (0666 less the umask, applied by the
         # kernel), as the finished story is: nothing to change later.
-        self._tmp_path = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.part")
+        self._tmp_path = self.path.with_name(f".{self.path.name}.{os.urandom(6).hex()}.part")
         fd = os.open(self._tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         self._wav = wave.open(os.fdopen(fd, "wb"), "wb")
         self._wav.setnchannels(1)
