@@ -225,6 +225,35 @@ def test_the_units_are_exposed_at_most_1_5(name):
         assert line.startswith("✓"), line
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_a_story_is_told_under_the_units_seccomp_rules(tmp_path):
+    """MemoryDenyWriteExecute and SystemCallFilter=~@privileged @resources, as systemd makes
+    them (tests/sandbox.py): the engine, Piper's onnxruntime and the quiet sound probe (a
+    ctypes callback) all work. No systemd here to run the units themselves."""
+    pytest.importorskip("pyaudio")
+    conf = tmp_path / "asound.conf"
+    conf.write_text('pcm.!default { type hw card "no_such_card" }\n')  # no speaker: a WAV
+    env = dict(os.environ, PYTHONPATH=str(REPO), STORYBOT_DENY="@privileged @resources",
+               ALSA_CONFIG_PATH=str(conf))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "sandbox.py"), sys.executable, "-m", "robot.cli",
+         "tell", "Once upon a time", "-s", "1", "-n", "30", "--quiet"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "writing the story to story.wav" in result.stderr and "ALSA lib" not in result.stderr
+    assert "2 sentences, 2 played" in result.stderr.splitlines()[-1]
+    assert (tmp_path / "story.wav").stat().st_size > 100_000  # seconds of speech
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_the_sandbox_refuses_what_the_units_refuse(tmp_path):
+    env = dict(os.environ, STORYBOT_DENY="@resources")
+    probe = "import os; os.sched_setaffinity(0, {0})"
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "sandbox.py"), sys.executable,
+                             "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "PermissionError" in result.stderr, result.stderr
+
+
 def test_the_env_file_sets_only_known_flags():
     names = {line.split("=", 1)[0].lstrip("#")
              for line in (SYSTEMD / "storybot.env").read_text().splitlines()
