@@ -59,4 +59,10 @@ def register(subparsers) -> None:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    return asyncio.run(ask(args.board, args.prompt))
+    try:
+        return asyncio.run(ask(args.board, args.prompt))
+    except BrokenPipeError:
+        # Whoever read the story stopped (`| head -5`): a normal end, not an error. stdout
+        # becomes /dev/null so that Python's last flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import functools
 import os
 import sys
-import tempfile
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -51,10 +54,10 @@ class WavSink:
         self._wav: wave.Wave_write | None = None
 
     def open(self, sample_rate: int) -> None:
-        fd, tmp = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part"
-        )
-        self._tmp_path = Path(tmp)
+        # Made with the mode of an ordinary file (0666 less the umask, applied by the
+        # kernel), as the finished story is: nothing to change later.
+        self._tmp_path = self.path.with_name(f".{self.path.name}.{os.urandom(6).hex()}.part")
+        fd = os.open(self._tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         self._wav = wave.open(os.fdopen(fd, "wb"), "wb")
         self._wav.setnchannels(1)
         self._wav.setsampwidth(_SAMPLE_WIDTH)
@@ -67,10 +70,6 @@ class WavSink:
         if self._wav is None:
             return
         self._wav.close()  # also closes the file it opened from our fd
-        # mkstemp made it private (0600); a finished story is an ordinary file
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp_path, 0o666 & ~umask)
         os.replace(self._tmp_path, self.path)
         _LOGGER.info("Wrote %s", self.path)
         self._wav = self._tmp_path = None
@@ -105,56 +104,103 @@ class RawSink:
         self._stream.flush()
 
 
-def output_devices() -> list[tuple[int, str]]:
-    """(index, name) of every PortAudio device that can play sound."""
+# ALSA and JACK report every device they fail to find on stderr, some thirty lines on a
+# machine without a sound card, while PortAudio scans for devices; PortAudio then says the
+# same in a single error. The scan runs with both libraries' messages dropped.
+_ALSA_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                                 ctypes.c_int, ctypes.c_char_p)
+_JACK_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+# Kept for the life of the process: the libraries may call them from any thread.
+_ALSA_SILENT = _ALSA_HANDLER(lambda *_: None)
+_JACK_SILENT = _JACK_HANDLER(lambda _: None)
+
+
+@functools.cache
+def _library(soname: str) -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(soname)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_audio_libraries() -> Iterator[None]:
+    """ALSA's and JACK's messages dropped for the block, restored after it."""
+    alsa, jack = _library("libasound.so.2"), _library("libjack.so.0")
+    if alsa is not None:
+        alsa.snd_lib_error_set_handler(_ALSA_SILENT)
+    if jack is not None:
+        before = [ctypes.c_void_p.in_dll(jack, name).value
+                  for name in ("jack_error_callback", "jack_info_callback")]
+        jack.jack_set_error_function(_JACK_SILENT)
+        jack.jack_set_info_function(_JACK_SILENT)
+    try:
+        yield
+    finally:
+        if alsa is not None:
+            alsa.snd_lib_error_set_handler(None)  # ALSA's own: print to stderr
+        if jack is not None:
+            jack.jack_set_error_function(ctypes.c_void_p(before[0]))
+            jack.jack_set_info_function(ctypes.c_void_p(before[1]))
+
+
+def portaudio():
+    """A pyaudio.PyAudio, made without ALSA's and JACK's messages about absent devices."""
     import pyaudio
 
-    pa = pyaudio.PyAudio()
+    with _quiet_audio_libraries():
+        return pyaudio.PyAudio()
+
+
+def output_devices() -> list[tuple[int, str]]:
+    """(index, name) of every PortAudio device that can play sound."""
+    pa = portaudio()
     try:
-        return _output_devices(pa)
+        return _devices(pa, "output")
     finally:
         pa.terminate()
 
 
 def find_output_device(device: int | str | None = None) -> tuple[int, str]:
-    """Resolve device to (index, name).
-
-    device: None for the default output, an index (int, or a str of digits as a
-    command line gives it), or part of a device name (case-insensitive).
-
-    Raises AudioDeviceError if there is no such output device.
-    """
-    import pyaudio
-
-    pa = pyaudio.PyAudio()
+    """Resolve device to (index, name), as find_device does for an output."""
+    pa = portaudio()
     try:
-        return _resolve(pa, device)
+        return find_device(pa, device, "output")
     finally:
         pa.terminate()
 
 
-def _output_devices(pa) -> list[tuple[int, str]]:
+def _devices(pa, direction: str) -> list[tuple[int, str]]:
+    channels = "maxOutputChannels" if direction == "output" else "maxInputChannels"
     infos = (pa.get_device_info_by_index(i) for i in range(pa.get_device_count()))
-    return [(int(d["index"]), d["name"]) for d in infos if d["maxOutputChannels"] > 0]
+    return [(int(d["index"]), d["name"]) for d in infos if d[channels] > 0]
 
 
-def _resolve(pa, device: int | str | None) -> tuple[int, str]:
+def find_device(pa, device: int | str | None, direction: str = "output") -> tuple[int, str]:
+    """The (index, name) of a PortAudio device of pa for direction ("output" or "input").
+
+    device: None for the default, an index (int, or a str of digits as a command line
+    gives it), or part of a device name (case-insensitive).
+
+    Raises AudioDeviceError if there is no such device.
+    """
     if device is None:
         try:
-            info = pa.get_default_output_device_info()
+            info = (pa.get_default_output_device_info() if direction == "output"
+                    else pa.get_default_input_device_info())
         except OSError as err:
-            raise AudioDeviceError("No default audio output device") from err
+            raise AudioDeviceError(f"No default audio {direction} device") from err
         return int(info["index"]), info["name"]
     if isinstance(device, str) and device.isdigit():
         device = int(device)
-    devices = _output_devices(pa)
+    devices = _devices(pa, direction)
     if isinstance(device, int):
         matches = [d for d in devices if d[0] == device]
     else:
         matches = [d for d in devices if device.lower() in d[1].lower()]
     if not matches:
         known = ", ".join(f"{i}: {name}" for i, name in devices) or "none"
-        raise AudioDeviceError(f"No output device {device!r} (output devices: {known})")
+        raise AudioDeviceError(f"No {direction} device {device!r} ({direction} devices: {known})")
     return matches[0]
 
 
@@ -174,9 +220,9 @@ class PyAudioSink:
     def open(self, sample_rate: int) -> None:
         import pyaudio
 
-        self._pa = pyaudio.PyAudio()
+        self._pa = portaudio()
         try:
-            index, device_name = _resolve(self._pa, self.device)
+            index, device_name = find_device(self._pa, self.device, "output")
             self._stream = self._pa.open(
                 format=pyaudio.paInt16,
                 channels=1,

@@ -473,6 +473,10 @@ def register(subparsers) -> None:
                    default=env("STORYBOT_BUTTON_ACTIVE_HIGH", "") == "1",
                    help="the line reads 1 while pressed [STORYBOT_BUTTON_ACTIVE_HIGH=1] "
                         "(default: active low, a button to ground)")
+    p.add_argument("--bias", choices=["pull-up", "pull-down", "none"],
+                   default=env("STORYBOT_BUTTON_BIAS"),
+                   help="the button line's bias, gpiod only [STORYBOT_BUTTON_BIAS] "
+                        "(default: pull-up when active low, pull-down when active high)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -484,7 +488,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         listen_seconds=args.listen_seconds, steps=args.steps, temperature=args.temperature,
         seed=0, button=ButtonSettings(
             backend=args.button, line=args.button_line, chip=args.button_chip,
-            sysfs_root=args.sysfs_root, active_low=not args.active_high))
+            sysfs_root=args.sysfs_root, active_low=not args.active_high,
+            bias=args.bias))
     engine = Engine(models.find(args.model), models.find(args.tokenizer))
 
     async def main() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +37,10 @@ class ButtonSettings:
     """Root of the sysfs GPIO tree (sysfs); tests point it at a fake tree."""
     active_low: bool = True
     """The line reads 0 while pressed (a button to ground with a pull-up)."""
+    bias: str | None = None
+    """"pull-up", "pull-down" or "none" (an external resistor); None: what the polarity
+    needs, pull-up when active low, pull-down when active high. gpiod only: sysfs cannot
+    set a bias (the board's pin configuration does)."""
     debounce_seconds: float = 0.03
     """How long a level must hold before it counts (s)."""
     long_press_seconds: float = 1.5
@@ -45,11 +51,24 @@ class ButtonSettings:
     poll_seconds: float = 0.01
     """How often the level is sampled while it may change (s)."""
     idle_wait_seconds: float = 0.5
-    """Longest wait for an edge while the button rests (s); gpiod wakes at once on one."""
+    """Longest wait for an edge while the button rests (s); an edge wakes the wait at
+    once, except on a sysfs line without interrupts, which is sampled every poll_seconds."""
 
     @property
     def enabled(self) -> bool:
         return self.backend != "none" and self.line is not None
+
+    @property
+    def pull(self) -> str:
+        """The bias the line gets: bias if set, else the one the polarity needs."""
+        if self.bias is None:
+            return "pull-up" if self.active_low else "pull-down"
+        if self.bias not in BIASES:
+            raise ValueError(f"unknown bias {self.bias!r} (one of {', '.join(BIASES)})")
+        return self.bias
+
+
+BIASES = ("pull-up", "pull-down", "none")
 
 
 class Debouncer:
@@ -104,30 +123,42 @@ class Line(Protocol):
 
     def pressed(self) -> bool: ...
 
+    def now(self) -> float:
+        """The time of a sample (s, monotonic); a test's line keeps a clock of its own."""
+
     def wait(self, timeout: float) -> None:
         """Return within timeout (s), sooner if the level may have changed."""
 
     def close(self) -> None: ...
 
 
+def gpiod_line_settings(settings: ButtonSettings):
+    """The gpiod.LineSettings of the button's line: an input with edge events and a bias."""
+    import gpiod
+    from gpiod.line import Bias, Direction, Edge
+
+    bias = {"pull-up": Bias.PULL_UP, "pull-down": Bias.PULL_DOWN, "none": Bias.DISABLED}
+    return gpiod.LineSettings(direction=Direction.INPUT, edge_detection=Edge.BOTH,
+                              bias=bias[settings.pull], active_low=settings.active_low)
+
+
 class GpiodLine:
     """A line through libgpiod's character device (the gpiod package, v2 API)."""
+
+    now = staticmethod(time.monotonic)
 
     def __init__(self, settings: ButtonSettings) -> None:
         # Imported here: only a board with a GPIO chip needs the library.
         import gpiod
-        from gpiod.line import Bias, Direction, Edge, Value
+        from gpiod.line import Value
 
         self._active = Value.ACTIVE
         self._offset = settings.line
         self._request = gpiod.request_lines(
-            settings.chip,
-            consumer="storybot",
-            config={settings.line: gpiod.LineSettings(
-                direction=Direction.INPUT, edge_detection=Edge.BOTH, bias=Bias.PULL_UP,
-                active_low=settings.active_low)},
-        )
-        _LOGGER.info("Button on %s line %d (gpiod)", settings.chip, settings.line)
+            settings.chip, consumer="storybot",
+            config={settings.line: gpiod_line_settings(settings)})
+        _LOGGER.info("Button on %s line %d (gpiod, %s)", settings.chip, settings.line,
+                     settings.pull)
 
     def pressed(self) -> bool:
         return self._request.get_value(self._offset) == self._active
@@ -141,10 +172,14 @@ class GpiodLine:
 
 
 class SysfsLine:
-    """A line through the old sysfs interface (/sys/class/gpio), sampled by polling.
+    """A line through the old sysfs interface (/sys/class/gpio), woken by its interrupts.
 
-    The stock Milk-V Duo image has no libgpiod; its kernel still has sysfs GPIO.
+    The stock Milk-V Duo image has no libgpiod; its kernel still has sysfs GPIO. With
+    `edge` set, the kernel marks `value` with POLLPRI on each edge, so a resting button
+    costs no CPU; a line that cannot interrupt is sampled every poll_seconds instead.
     """
+
+    now = staticmethod(time.monotonic)
 
     def __init__(self, settings: ButtonSettings) -> None:
         root = Path(settings.sysfs_root)
@@ -156,37 +191,41 @@ class SysfsLine:
             while not (base / "value").exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
         (base / "direction").write_text("in\n")
-        self._value = open(base / "value", "rb", buffering=0)
+        self._poll_seconds = settings.poll_seconds
+        self._poller: select.poll | None = None
+        try:
+            (base / "edge").write_text("both\n")
+            interrupts = True
+        except OSError as err:  # no edge file, or EIO: the line has no interrupt
+            _LOGGER.warning("GPIO %d cannot interrupt (%s); sampling it every %g s",
+                            settings.line, err, settings.poll_seconds)
+            interrupts = False
+        self._value = os.open(base / "value", os.O_RDONLY | os.O_CLOEXEC)
         self._active_low = settings.active_low
-        self._poll = settings.poll_seconds
-        _LOGGER.info("Button on GPIO %d (sysfs under %s)", settings.line, root)
+        if interrupts:
+            self._poller = select.poll()
+            self._poller.register(self._value, select.POLLPRI | select.POLLERR)
+        self.pressed()  # a read clears the edge pending since open
+        _LOGGER.info("Button on GPIO %d (sysfs under %s, %s)", settings.line, root,
+                     "edge interrupts" if self._poller else "sampled")
+
+    @property
+    def interrupts(self) -> bool:
+        """True when edges wake the wait, False when the line is sampled."""
+        return self._poller is not None
 
     def pressed(self) -> bool:
-        self._value.seek(0)
-        high = self._value.read(1) == b"1"
+        high = os.pread(self._value, 1, 0) == b"1"
         return high != self._active_low
 
     def wait(self, timeout: float) -> None:
-        time.sleep(min(timeout, self._poll))
+        if self._poller is None:
+            time.sleep(min(timeout, self._poll_seconds))
+        else:
+            self._poller.poll(timeout * 1000)  # pressed() then reads, which rearms the edge
 
     def close(self) -> None:
-        self._value.close()
-
-
-class FakeLine:
-    """A line the tests set by hand."""
-
-    def __init__(self) -> None:
-        self.level = False
-
-    def pressed(self) -> bool:
-        return self.level
-
-    def wait(self, timeout: float) -> None:
-        time.sleep(min(timeout, 0.005))
-
-    def close(self) -> None:
-        pass
+        os.close(self._value)
 
 
 def open_line(settings: ButtonSettings) -> Line | None:
@@ -243,7 +282,7 @@ class ButtonWatcher:
         while not self._stop.is_set():
             idle = debouncer.idle
             line.wait(self.settings.idle_wait_seconds if idle else self.settings.poll_seconds)
-            for event in debouncer.update(line.pressed(), time.monotonic()):
+            for event in debouncer.update(line.pressed(), line.now()):
                 _LOGGER.info("Button: %s", event.value)
                 self._report(event)
 

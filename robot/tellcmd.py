@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tell",
         help="generate a story and speak it, sentence by sentence, as it is written",
         description="Generate a story and speak it: the first sentence plays as soon as it "
-        "is complete while the next ones are generated. Timing goes to the log and one "
-        "summary line to stderr at the end. Ctrl-C stops cleanly.",
+        "is complete while the next ones are generated. At a terminal each sentence is "
+        "shown as it is spoken. Timing goes to the log and one summary line to stderr at "
+        "the end. Ctrl-C stops cleanly.",
     )
     opening = p.add_mutually_exclusive_group()
     opening.add_argument("prompt", nargs="?", default=None,
@@ -77,9 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, metavar="NAME|INDEX",
                    help="output device for the speaker: index or part of its name "
                         "(default: the system's)")
-    p.add_argument("--print", dest="print_text", action="store_true",
-                   help="print the story as it streams, a sentence a line, to stdout "
-                        "(stderr with --output -)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--print", dest="print_text", action="store_true",
+                       help="print each sentence as it is spoken, a line each, to stdout "
+                            "(stderr with --output -) even when that is not a terminal "
+                            "(default: only at a terminal)")
+    shown.add_argument("--quiet", action="store_true",
+                       help="print no sentences, even at a terminal")
     p.add_argument("--json", metavar="FILE", default=None,
                    help="also write the timing report as JSON")
     p.set_defaults(func=cmd_tell)
@@ -113,16 +118,12 @@ def cmd_tell(args: argparse.Namespace) -> int:
     engine = Engine(model, models.find(args.tokenizer), params)
     synth = Synthesizer(args.voice, length_scale=args.length_scale)
     sink = _make_sink(args.output, args.device)
-    on_sentence = None
-    if args.print_text:
-        # A line a sentence, so that log lines on the same terminal do not split one.
-        text_out = sys.stderr if args.output == "-" else sys.stdout
-        on_sentence = functools.partial(print, file=text_out, flush=True)
-    story = Story(engine, prompt, params, settings, word_filter=words, on_sentence=on_sentence)
+    story = Story(engine, prompt, params, settings, word_filter=words)
 
     cancel = threading.Event()
     with _cancel_on_sigint(cancel):
-        report = tell(story, synth, sink, settings=tell_settings, cancel=cancel)
+        report = tell(story, synth, sink, settings=tell_settings, cancel=cancel,
+                      on_sentence=_sentence_printer(args))
     stats = story.stats
     print(f"{report.summary_line()}; story: {stats.words} words, {stats.contexts} context(s), "
           f"ended by {stats.finish_reason or 'cancel'}", file=sys.stderr)
@@ -144,6 +145,16 @@ def request_opening(request: str, words: WordFilter, seed: int) -> str:
     from .prompts import shape_prompt
 
     return shape_prompt(words.clean_transcript(request), seed=seed).opening
+
+
+def _sentence_printer(args: argparse.Namespace):
+    """What prints each sentence as it starts playing, or None: at a terminal (the
+    parent reads along) or with --print, never with --quiet."""
+    text_out = sys.stderr if args.output == "-" else sys.stdout
+    if args.quiet or not (args.print_text or text_out.isatty()):
+        return None
+    # A line a sentence, so that log lines on the same terminal do not split one.
+    return functools.partial(print, file=text_out, flush=True)
 
 
 def _make_sink(output: str, device: str | None):

@@ -3,6 +3,8 @@
 import io
 import logging
 import math
+import os
+import subprocess
 import sys
 import wave
 from array import array
@@ -15,9 +17,12 @@ from robot.audio import (
     RawSink,
     WavSink,
     default_sink,
+    find_device,
     find_output_device,
     output_devices,
+    portaudio,
 )
+from conftest import REPO
 
 RATE = 22050
 
@@ -51,6 +56,12 @@ NULL_DEVICE = "pcm.!default { type null }\n"
 NO_DEVICE = 'pcm.!default { type hw card "no_such_card" }\n'
 
 
+def recording_device(path) -> str:
+    """A default device that plays into nothing and keeps what it was given in path."""
+    return (f'pcm.!default {{ type file slave {{ pcm {{ type null }} }} file "{path}" '
+            'format "raw" }\n')
+
+
 def test_wav_round_trip(tmp_path):
     path = tmp_path / "story.wav"
     sink = WavSink(path)
@@ -64,6 +75,24 @@ def test_wav_round_trip(tmp_path):
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, RATE)
         assert wav.readframes(wav.getnframes()) == pcm
     assert [p.name for p in tmp_path.iterdir()] == ["story.wav"]
+
+
+def test_a_wav_gets_the_mode_of_an_ordinary_file_without_touching_the_umask(
+        tmp_path, monkeypatch):
+    def umask(_):
+        raise AssertionError("os.umask sets the mask of every thread")
+
+    previous = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", umask)
+        sink = WavSink(tmp_path / "story.wav")
+        sink.open(RATE)
+        sink.write(tone(0.1))
+        sink.close()
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert (tmp_path / "story.wav").stat().st_mode & 0o777 == 0o640
 
 
 def test_wav_abort_leaves_no_file(tmp_path):
@@ -94,16 +123,27 @@ def test_raw_sink_writes_pcm_and_leaves_the_stream_open():
     assert stream.getvalue() == b"\x01\x00\x02\x00" and not stream.closed
 
 
-def test_pyaudio_plays_on_the_alsa_null_device(alsa):
-    alsa(NULL_DEVICE)
+def test_pyaudio_plays_the_audio_on_the_device(alsa, tmp_path):
+    played = tmp_path / "played.raw"
+    alsa(recording_device(played))
     sink = PyAudioSink()
     sink.open(RATE)
-    sink.write(tone())
+    pcm = tone()
+    sink.write(pcm)
     sink.close()
+    assert played.read_bytes() == pcm  # every sample, in order, and nothing else
+
+
+def test_pyaudio_abort_drops_what_was_not_played(alsa, tmp_path):
+    played = tmp_path / "played.raw"
+    alsa(recording_device(played))
     sink = PyAudioSink("default")
     sink.open(RATE)
-    sink.write(tone(0.1))
+    pcm = tone(0.1)
+    sink.write(pcm)
     sink.abort()
+    assert pcm.startswith(played.read_bytes())
+    assert sink._stream is None and sink._pa is None
 
 
 def test_devices_by_index_and_name(alsa):
@@ -118,6 +158,31 @@ def test_devices_by_index_and_name(alsa):
         find_output_device("no such speaker")
     with pytest.raises(AudioDeviceError):
         find_output_device(999)
+
+
+def test_input_devices_are_found_as_outputs_are(alsa):
+    alsa(NULL_DEVICE)
+    pa = portaudio()
+    try:
+        index, name = find_device(pa, None, "input")
+        assert find_device(pa, name.upper(), "input") == (index, name)
+        with pytest.raises(AudioDeviceError, match="input devices: "):
+            find_device(pa, "no such microphone", "input")
+    finally:
+        pa.terminate()
+
+
+def test_no_sound_card_is_said_in_one_line(alsa, tmp_path):
+    # ALSA and JACK write to the process's stderr, so the probe runs in a process of its own.
+    alsa(NO_DEVICE)
+    probe = ("import logging; logging.basicConfig(level=logging.INFO); "
+             "from robot.audio import default_sink; default_sink('story.wav')")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "WARNING:robot.audio:No speaker (No default audio output device); "
+        "writing the story to story.wav instead"]
 
 
 def test_default_sink_is_the_speaker_when_there_is_one(alsa):

@@ -6,13 +6,14 @@ import io
 import logging
 
 import pytest
+from buttonlines import FakeLine
 from test_voicehost import FAST, free_port, start_voice_host, stop_task, voice_host, wait_until
 from wyoming.event import Event
 
 from robot import link
 from robot.ask import ask
 from robot.board import Board, BoardSettings, State
-from robot.button import ButtonEvent, ButtonSettings, FakeLine
+from robot.button import ButtonEvent, ButtonSettings
 from robot.engine import Engine
 from robot.wordfilter import WordFilter
 

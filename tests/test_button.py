@@ -1,17 +1,25 @@
-"""Button: the pure debouncer, the sysfs backend on a fake tree, the watcher thread."""
+"""Button: the pure debouncer, the sysfs backend on a fake tree, gpiod's configuration,
+the watcher thread."""
 
+import select
 import threading
 import time
+import types
 
+import gpiod
 import pytest
+from buttonlines import FakeLine, ScriptedLine
+from gpiod.line import Bias, Direction, Edge
 
+from robot import button
 from robot.button import (
     ButtonEvent,
     ButtonSettings,
     ButtonWatcher,
     Debouncer,
-    FakeLine,
+    GpiodLine,
     SysfsLine,
+    gpiod_line_settings,
     open_line,
 )
 
@@ -102,7 +110,7 @@ def sysfs(tmp_path):
     return root, make
 
 
-def test_sysfs_exports_the_line_and_reads_it_active_low(sysfs):
+def test_sysfs_exports_the_line_and_asks_for_edge_interrupts(sysfs):
     root, make = sysfs
     # The "kernel" makes the directory once the line is exported.
     threading.Timer(0.05, make, args=(7,)).start()
@@ -110,6 +118,8 @@ def test_sysfs_exports_the_line_and_reads_it_active_low(sysfs):
     try:
         assert (root / "export").read_text() == "7\n"
         assert (root / "gpio7" / "direction").read_text() == "in\n"
+        assert (root / "gpio7" / "edge").read_text() == "both\n"
+        assert line.interrupts
         assert not line.pressed()
         (root / "gpio7" / "value").write_text("0\n")
         assert line.pressed()
@@ -128,6 +138,77 @@ def test_sysfs_active_high(sysfs):
         line.close()
 
 
+def test_a_sysfs_line_without_interrupts_is_sampled(sysfs, caplog):
+    root, make = sysfs
+    (make(6) / "edge").mkdir()  # writing it fails, as the kernel's EIO does
+    line = SysfsLine(ButtonSettings(backend="sysfs", line=6, sysfs_root=str(root)))
+    try:
+        assert not line.interrupts
+        assert "GPIO 6 cannot interrupt" in caplog.text and "every 0.01 s" in caplog.text
+    finally:
+        line.close()
+
+
+class Kernel:
+    """Stands in for select.poll on a sysfs value file and for the button behind it.
+
+    It plays a script of (pressed, seconds) on a clock of its own: a poll returns
+    POLLPRI at the next edge (having written the new level to value, active low), or
+    moves the clock on by its timeout when no edge comes first.
+    """
+
+    def __init__(self, value, script):
+        self.value, self.clock, self.registered = value, 0.0, []
+        self.edges, at = [], 0.0
+        for level, seconds in script:
+            self.edges.append((at, level))
+            at += seconds
+        self.end = at
+        self.done = threading.Event()
+
+    def __call__(self):  # select.poll()
+        return self
+
+    def register(self, fd, events):
+        self.registered.append((fd, events))
+
+    def poll(self, timeout_ms):
+        if self.done.is_set():
+            time.sleep(0.005)
+            return []
+        edge = next(((at, level) for at, level in self.edges if at > self.clock), None)
+        self.clock += timeout_ms / 1000
+        if self.clock >= self.end:
+            self.done.set()
+        if edge is None or edge[0] > self.clock:
+            return []
+        self.clock = edge[0]
+        self.value.write_text("0\n" if edge[1] else "1\n")
+        return [(self.registered[0][0], select.POLLPRI | select.POLLERR)]
+
+
+def test_sysfs_edges_wake_the_watcher(sysfs, monkeypatch):
+    root, make = sysfs
+    value = make(9) / "value"
+    # Pressed for 0.2 s, then a long press; the resting waits are longer than the script,
+    # so only the edges can wake the watcher in time.
+    kernel = Kernel(value, [(False, 0.1), (True, 0.2), (False, 0.5), (True, 2.0),
+                            (False, 100.0)])
+    monkeypatch.setattr(button, "select", types.SimpleNamespace(
+        poll=kernel, POLLPRI=select.POLLPRI, POLLERR=select.POLLERR))
+    settings = ButtonSettings(backend="sysfs", line=9, sysfs_root=str(root),
+                              idle_wait_seconds=60, long_press_seconds=1.0)
+    line = SysfsLine(settings)
+    line.now = lambda: kernel.clock
+    watcher, events = _watch(line, settings)
+    try:
+        assert kernel.done.wait(10)
+    finally:
+        watcher.stop()
+    assert kernel.registered == [(line._value, select.POLLPRI | select.POLLERR)]
+    assert events == [PRESS, LONG]
+
+
 def test_auto_falls_back_to_sysfs_without_a_gpio_chip(sysfs, tmp_path):
     root, make = sysfs
     make(4)
@@ -137,6 +218,54 @@ def test_auto_falls_back_to_sysfs_without_a_gpio_chip(sysfs, tmp_path):
         assert isinstance(line, SysfsLine)
     finally:
         line.close()
+
+
+@pytest.mark.parametrize("active_low, bias, pull", [
+    (True, None, Bias.PULL_UP),     # a button to ground
+    (False, None, Bias.PULL_DOWN),  # a button to 3.3 V
+    (True, "pull-down", Bias.PULL_DOWN),
+    (False, "pull-up", Bias.PULL_UP),
+    (True, "none", Bias.DISABLED),  # an external resistor
+])
+def test_gpiod_bias_follows_the_polarity_unless_set(active_low, bias, pull):
+    line_settings = gpiod_line_settings(ButtonSettings(line=5, active_low=active_low,
+                                                       bias=bias))
+    assert line_settings.bias == pull and line_settings.active_low == active_low
+    assert line_settings.direction == Direction.INPUT
+    assert line_settings.edge_detection == Edge.BOTH
+
+
+def test_an_unknown_bias_is_refused():
+    with pytest.raises(ValueError, match="pull-up, pull-down, none"):
+        gpiod_line_settings(ButtonSettings(line=5, bias="pull-sideways"))
+
+
+def test_gpiod_requests_the_line_as_configured(monkeypatch):
+    """The request the real gpiod package builds for the chip (no chip here: the kernel's
+    part is left to a GPIO simulator)."""
+    from gpiod import _ext
+    from gpiod.line_settings import _line_settings_to_ext
+
+    requested = {}
+
+    class Request:
+        def release(self):
+            requested["released"] = True
+
+    def request_lines(path, config, consumer=None, **_):
+        requested.update(path=path, config=config, consumer=consumer)
+        for offset, line_settings in config.items():  # what Chip.request_lines does
+            _ext.LineConfig().add_line_settings([offset], _line_settings_to_ext(line_settings))
+        return Request()
+
+    monkeypatch.setattr(gpiod, "request_lines", request_lines)
+    line = GpiodLine(ButtonSettings(backend="gpiod", line=15, chip="/dev/gpiochip2",
+                                    active_low=False))
+    line.close()
+    [(offset, line_settings)] = requested["config"].items()
+    assert (requested["path"], requested["consumer"], offset) == ("/dev/gpiochip2", "storybot", 15)
+    assert line_settings.bias == Bias.PULL_DOWN and not line_settings.active_low
+    assert requested["released"]
 
 
 def test_no_line_means_no_button():
@@ -156,9 +285,11 @@ def _watch(line, settings):
     return watcher, events
 
 
-def test_watcher_reports_presses_from_a_sysfs_tree(sysfs):
+def test_watcher_reports_presses_from_a_sampled_sysfs_tree(sysfs):
     root, make = sysfs
-    value = make(9) / "value"
+    directory = make(9)
+    (directory / "edge").mkdir()  # no interrupts: sampled
+    value = directory / "value"
     settings = ButtonSettings(backend="sysfs", line=9, sysfs_root=str(root), poll_seconds=0.005)
     watcher, events = _watch(None, settings)
     try:
@@ -174,20 +305,27 @@ def test_watcher_reports_presses_from_a_sysfs_tree(sysfs):
     assert events == [PRESS]
 
 
-def test_watcher_with_a_fake_line_and_mashing():
-    line = FakeLine()
+def test_watcher_with_a_mashed_line():
+    # A dozen presses of 40 ms, 40 ms apart, then a rest past the guard: on the line's
+    # own clock, so a loaded machine sees the same presses.
+    line = ScriptedLine([(True, 0.04), (False, 0.04)] * 12 + [(False, 1.0)])
     watcher, events = _watch(line, ButtonSettings(line=0, guard_seconds=0.4))
     try:
-        for _ in range(10):
-            line.level = True
-            time.sleep(0.05)
-            line.level = False
-            time.sleep(0.05)
-        time.sleep(0.2)
+        assert line.done.wait(10)
     finally:
         watcher.stop()
     assert events == [PRESS]
     assert not any(t.name == "button" for t in threading.enumerate())
+
+
+def test_watcher_with_presses_past_the_guard():
+    line = ScriptedLine([(False, 0.1), (True, 0.1), (False, 0.5), (True, 0.1), (False, 1.0)])
+    watcher, events = _watch(line, ButtonSettings(line=0, guard_seconds=0.4))
+    try:
+        assert line.done.wait(10)
+    finally:
+        watcher.stop()
+    assert events == [PRESS, PRESS]
 
 
 def test_watcher_reopens_a_line_that_fails(sysfs, caplog):
@@ -207,3 +345,16 @@ def test_watcher_reopens_a_line_that_fails(sysfs, caplog):
     finally:
         watcher.stop()
     assert "Button line failed; reopening it" in caplog.text
+
+
+def test_serve_takes_the_bias(monkeypatch):
+    from robot.cli import build_parser
+
+    monkeypatch.delenv("STORYBOT_BUTTON_BIAS", raising=False)
+    parser = build_parser(["serve"])
+    assert parser.parse_args(["serve"]).bias is None  # follows the polarity
+    assert parser.parse_args(["serve", "--bias", "none"]).bias == "none"
+    monkeypatch.setenv("STORYBOT_BUTTON_BIAS", "pull-down")
+    assert build_parser(["serve"]).parse_args(["serve"]).bias == "pull-down"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--bias", "up"])

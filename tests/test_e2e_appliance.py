@@ -15,10 +15,11 @@ import time
 import wave
 
 import pytest
+from buttonlines import FakeLine
 from test_board import engine, running_board, told  # noqa: F401  (engine is a fixture)
 from test_voicehost import voice_host, wav_seconds
 
-from robot.button import ButtonSettings, FakeLine
+from robot.button import ButtonSettings
 from robot.listen import ListenSettings, Recognizer, WavMic, model_dir
 
 PROMPT_KO = "공룡 이야기를 해 주세요"  # "please tell a dinosaur story"

@@ -4,7 +4,6 @@ import json
 import math
 import re
 import threading
-import time
 import wave
 from array import array
 
@@ -56,15 +55,16 @@ class Generator:
 
 
 class MemorySink:
-    """Keeps the audio; optionally sleeps like a speaker that plays in real time."""
+    """Keeps the audio; with hold, a speaker whose writes wait until hold is set (30 s at
+    most), as a slow speaker would."""
 
     name = "memory"
 
-    def __init__(self, realtime=False, interrupt_on_write=None, events=None):
+    def __init__(self, hold=None, interrupt_on_write=None, events=None):
         self.pcm = bytearray()
         self.state = "new"
         self.writes = 0
-        self._realtime = realtime
+        self._hold = hold
         self._interrupt_on_write = interrupt_on_write
         self._events = events if events is not None else []
 
@@ -76,8 +76,8 @@ class MemorySink:
         self.writes += 1
         if self.writes == self._interrupt_on_write:
             raise KeyboardInterrupt
-        if self._realtime:
-            time.sleep(len(pcm) / (2 * self.sample_rate))
+        if self._hold is not None:
+            self._hold.wait(30)
         self.pcm += pcm
         self._events.append(("written", len(self.pcm)))
 
@@ -91,14 +91,17 @@ class MemorySink:
 class RecordingSynth:
     """The real voice, noting in events when each sentence's audio is ready."""
 
-    def __init__(self, synth, events):
+    def __init__(self, synth, events, ready_text=None, ready_event=None):
         self.sample_rate = synth.sample_rate
         self._synth = synth
         self._events = events
+        self.ready_text, self.ready_event = ready_text, ready_event  # set once it is ready
 
     def synthesize(self, text):
         audio = self._synth.synthesize(text)
         self._events.append(("synthesized", text))
+        if self.ready_event is not None and text == self.ready_text:
+            self.ready_event.set()
         return audio
 
 
@@ -153,10 +156,13 @@ def test_next_sentence_is_synthesized_while_one_plays(joe, no_new_threads):
         if text == second:
             cancel.set()  # the ordering is known by now; spare the rest of the story
 
+    # The speaker takes the first sentence only once the second is ready: if synthesis
+    # waited for playback instead, the second would come after the first was written.
+    second_ready = threading.Event()
     report = tell(
         Generator(),
-        RecordingSynth(joe, events),
-        MemorySink(realtime=True, events=events),
+        RecordingSynth(joe, events, ready_text=second, ready_event=second_ready),
+        MemorySink(hold=second_ready, events=events),
         cancel=cancel,
         on_sentence=on_sentence,
     )

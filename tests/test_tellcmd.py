@@ -3,16 +3,17 @@
 import json
 import math
 import os
+import pty
 import signal
 import subprocess
 import sys
-import time
 import wave
 from array import array
 
 import pytest
 from conftest import REPO
 
+from robot.dev import tellbench
 from robot.dev.tellbench import PacedSink
 from robot.tellcmd import request_opening
 from robot.wordfilter import WordFilter
@@ -89,10 +90,68 @@ def test_ctrl_c_leaves_no_partial_wav(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_paced_sink_takes_as_long_as_the_audio():
+@pytest.mark.parametrize("quiet", [False, True])
+def test_at_a_terminal_each_sentence_is_shown_as_it_is_spoken(tmp_path, quiet):
+    terminal, tty = pty.openpty()
+    args = ["Once upon a time", "-s", "123", "-n", "30", "--output", "story.wav",
+            "--json", "t.json", *(["--quiet"] if quiet else [])]
+    proc = subprocess.Popen([sys.executable, "-m", "robot.cli", "tell", *args], cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=tty,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(tty)
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # EIO: the terminal's other end is closed, the process is done
+                break
+            if not chunk:
+                break
+            shown += chunk
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(terminal)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    sentences = [s["text"] for s in json.loads((tmp_path / "t.json").read_text())["sentences"]]
+    assert sentences
+    assert shown.decode().splitlines() == ([] if quiet else sentences)
+
+
+class Clock:
+    """time for PacedSink: a clock that only sleep (and the test) moves."""
+
+    def __init__(self):
+        self.now, self.slept = 100.0, []
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_paced_sink_takes_as_long_as_the_audio(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(tellbench, "time", clock)
     sink = PacedSink()
     sink.open(1000)
-    started = time.perf_counter()
     for _ in range(5):
         sink.write(bytes(2 * 40))  # 40 ms each
-    assert 0.2 <= time.perf_counter() - started < 0.4
+    assert clock.slept == [pytest.approx(0.04)] * 5
+    assert clock.now - 100.0 == pytest.approx(0.2)
+
+
+def test_a_late_write_starts_the_paced_clock_again(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(tellbench, "time", clock)
+    sink = PacedSink()
+    sink.open(1000)
+    sink.write(bytes(2 * 40))
+    clock.now += 1.0  # the speaker ran dry for a second
+    sink.write(bytes(2 * 40))
+    assert clock.slept == [pytest.approx(0.04), pytest.approx(0.04)]
