@@ -44,7 +44,9 @@ class RemoteSettings:
     """How long one request keeps trying to reach the server before it fails (s)."""
     read_timeout_seconds: float = 30.0
     """Longest wait for the next event of an answer (s)."""
-    link: link.LinkSettings = field(default_factory=link.LinkSettings)
+    # wyoming-piper's info lists every voice it could download: 86 KB of data.
+    link: link.LinkSettings = field(
+        default_factory=lambda: link.LinkSettings(max_data_bytes=1024 * 1024))
 
 
 class RemoteError(RuntimeError):
@@ -121,9 +123,10 @@ class RemoteSynthesizer(_Remote):
             return await self._request(lambda c: self._speak(c, _PROBE_TEXT, None), forever=True)
 
         self.sample_rate = asyncio.run(setup()).sample_rate
+        # wyoming-piper also lists voices it could download: only installed ones count.
         self.voices = {v["name"]: VoiceInfo(v["name"], tuple(v.get("languages") or ()), None)
                        for program in self.info.get("tts") or ()
-                       for v in program.get("voices") or ()}
+                       for v in program.get("voices") or () if v.get("installed", True)}
         _LOGGER.info("TTS by %s: %d voices, %d Hz", self.uri, len(self.voices), self.sample_rate)
 
     def synthesize(self, text: str, voice: str | None = None) -> Audio:

@@ -68,7 +68,7 @@ async def wyoming_server(tmp_path, synth=None, recognizer=None, words=None, synt
     host = VoiceHost(VoiceHostSettings(host="127.0.0.1", port=free_port(), wav_dir=str(tmp_path),
                                        link=FAST), synth, recognizer=recognizer,
                      mic_factory=mic_factory)
-    port = free_port()
+    port = settings.pop("port", None) or free_port()
     server = WyomingServer(
         WyomingSettings(host="127.0.0.1", port=port, **settings),
         synthesize or (lambda text, voice: host.synthesize(text, voice=voice)), synth.voices,
