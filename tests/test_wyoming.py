@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest_audio import joe_synthesizer
+from test_board import LONG, engine, press, running_board, told  # noqa: F401  (a fixture)
 from test_e2e_appliance import PROMPT_KO, hangul
 from test_voicehost import FAST, free_port
 from wyoming.asr import Transcribe, Transcript
@@ -372,3 +373,31 @@ async def test_transcription_never_opens_the_microphone(tmp_path, recognizer, ko
         await c.write_event(AudioStop().event())
         assert (await next_event(c)).type == "transcript"
     assert opened == []
+
+
+async def ask_for_story(port, text="Tell me a story about a dragon."):
+    async with client(port) as c:
+        await c.write_event(Transcript(text=text).event())
+        return await next_event(c, timeout=120)
+
+
+@pytest.mark.asyncio
+async def test_a_stock_client_asks_for_a_story_and_gets_it(engine, tmp_path):  # noqa: F811
+    async with running_board(engine) as (board, control):
+        async with wyoming_server(tmp_path, story_board=control) as (_, port):
+            handled = await ask_for_story(port)
+            story = await told(board)
+            # While the board tells another story, the asker hears why there is none.
+            await press(board, LONG)
+            busy = await ask_for_story(port)
+            await told(board, story_id=2)
+    assert handled.type == "handled" and handled.data["text"] == " ".join(story.sentences)
+    assert story.sentences and "dragon" in story.shaped.opening.lower()
+    assert busy.type == "not-handled" and "busy telling story 2" in busy.data["text"]
+
+
+@pytest.mark.asyncio
+async def test_no_story_when_the_board_is_unreachable(tmp_path):
+    async with wyoming_server(tmp_path, story_board=f"127.0.0.1:{free_port()}") as (_, port):
+        event = await ask_for_story(port)
+    assert event.type == "not-handled" and "not reachable" in event.data["text"]
