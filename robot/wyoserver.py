@@ -26,6 +26,7 @@ silent for idle_seconds is closed instead.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
@@ -66,6 +67,9 @@ class WyomingSettings:
     """Longest audio one transcribe may carry (s)."""
     max_connections: int = 8
     """Clients served at once; more are refused with an error."""
+    allow: tuple[str, ...] = ()
+    """Addresses or networks (CIDR) of the clients served, e.g. Home Assistant's; others
+    get an error and are closed. Empty: whoever reaches the address listened on."""
     idle_seconds: float = 60.0
     """A client that sends nothing for this long is closed (s)."""
     chunk_seconds: float = 0.25
@@ -124,7 +128,17 @@ class WyomingServer:
         # voice host's recognizer thread to itself.
         self._asr = ThreadPoolExecutor(1, thread_name_prefix="wyoming-asr")
         self.clients = 0
+        self._allow = [ipaddress.ip_network(a, strict=False) for a in settings.allow]
         self.server = link.LinkServer(settings.host, settings.port, self._client, settings.link)
+
+    def allowed(self, peer) -> bool:
+        if not self._allow:
+            return True
+        try:
+            address = ipaddress.ip_address(peer[0])
+        except (TypeError, IndexError, ValueError):
+            return False
+        return any(address in network for network in self._allow)
 
     def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Client:
         return _Client(reader, writer, self)
@@ -206,6 +220,10 @@ class _Client(link.LinkHandler):
         """Like LinkHandler.run, without the board link's pings and dead-peer timeout."""
         self.server.clients += 1
         try:
+            if not self.server.allowed(self.writer.get_extra_info("peername")):
+                _LOGGER.warning("Refused Wyoming client %s: not in --wyoming-allow", self.name)
+                await self._error(Refused("this client is not allowed here", "not-allowed"))
+                return
             if self.server.clients > self.settings.max_connections:
                 _LOGGER.warning("Refused Wyoming client %s: %d already connected", self.name,
                                 self.settings.max_connections)
@@ -428,6 +446,11 @@ def add_arguments(parser) -> None:
                         help="also serve Home Assistant and other Wyoming clients at "
                              "tcp://HOST:PORT (no authentication: bind it to the address "
                              "the assistant uses) [STORYBOT_WYOMING] (default: off)")
+    parser.add_argument("--wyoming-allow", action="append",
+                        default=env("STORYBOT_WYOMING_ALLOW", "").split(),
+                        help="serve only this client address or network on --wyoming, e.g. "
+                             "Home Assistant's (repeatable) [STORYBOT_WYOMING_ALLOW, "
+                             "space-separated] (default: any client)")
     parser.add_argument("--stories", default=env("STORYBOT_STORIES"),
                         help="the board's control HOST:PORT, to answer Wyoming transcripts "
                              "with its stories [STORYBOT_STORIES] (default: no stories)")
@@ -480,6 +503,7 @@ def from_args(args, host) -> WyomingServer | None:
         return None
     address, port = link.parse_address(args.wyoming.removeprefix("tcp://"))
     return WyomingServer(
-        WyomingSettings(host=address, port=port, story_board=args.stories),
+        WyomingSettings(host=address, port=port, story_board=args.stories,
+                        allow=tuple(args.wyoming_allow)),
         lambda text, voice: host.synthesize(text, voice=voice), host.synth.voices,
         recognizer=host.recognizer, asr_models=asr_models(host.recognizer))
