@@ -156,7 +156,8 @@ class Synthesizer:
         if name is None or name == self.default_voice.name:
             return self._voice
         if name not in self.voices:
-            raise UnknownVoiceError(f"no voice {name!r}; installed: {', '.join(sorted(self.voices))}")
+            raise UnknownVoiceError(
+                f"no voice {name!r}; installed: {', '.join(sorted(self.voices))}")
         if self._other is None or self._other[0] != name:
             self._other = None  # the previous one goes before the next one loads
             self._other = (name, self._load(self.voices[name].path))

@@ -258,7 +258,8 @@ class _Client(link.LinkHandler):
         _LOGGER.info("Refused a request of %s: %s (%s)", self.name, err, err.code)
         await self.link.send(link.error_event(str(err), err.code))
 
-    async def _send(self, kind: str, data: dict | None = None, payload: bytes | None = None) -> None:
+    async def _send(self, kind: str, data: dict | None = None,
+                    payload: bytes | None = None) -> None:
         await self.link.send(link.Event(kind, data or {}, payload))
 
     async def _handle(self, event: link.Event) -> None:

@@ -133,8 +133,8 @@ async def exercise(port: int, speech: Path) -> None:
 
 def rss(work: Path) -> None:
     speech = work / "ko.wav"
-    subprocess.run(["espeak-ng", "-v", "ko", "-w", str(speech), "공룡 이야기를 해 주세요"],
-                   check=True)
+    prompt = "공룡 이야기를 해 주세요"  # "please tell a dinosaur story", as the tests say it
+    subprocess.run(["espeak-ng", "-v", "ko", "-w", str(speech), prompt], check=True)
     rows = []
     port = free_port()
     with voice_host(port, work / "local.log", "--vosk-model", "ko") as proc:
