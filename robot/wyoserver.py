@@ -50,7 +50,9 @@ _LOGGER = logging.getLogger(__name__)
 DEFAULT_PORT = 10700  # wyoming-piper's and Home Assistant's usual port
 _SAMPLE_WIDTH = 2
 _RATES = range(8000, 48001)  # what the recognizer is given; Vosk resamples within this
-_ATTRIBUTION = Attribution(name="storybot", url="https://github.com/karpathy/llama2.c")
+_PIPER = Attribution(name="Piper", url="https://github.com/rhasspy/piper")
+_ASR = Attribution(name="storybot voice host", url="https://alphacephei.com/vosk/")
+_STORIES = Attribution(name="llama2.c stories15M", url="https://github.com/karpathy/llama2.c")
 
 Synthesize = Callable[[str, "str | None"], Awaitable[Audio]]
 """(text, voice name or None) -> audio: the voice host's shared synthesis."""
@@ -79,7 +81,9 @@ class WyomingSettings:
     no stories here."""
     story_timeout_seconds: float = 300.0
     """Longest a story may take to be told (s)."""
-    link: link.LinkSettings = field(default_factory=link.LinkSettings)
+    # Data up to 256 KiB is read, so a text far over max_text_chars still gets its error.
+    link: link.LinkSettings = field(
+        default_factory=lambda: link.LinkSettings(max_data_bytes=256 * 1024))
     """Framing limits (data and payload sizes) and the write timeout."""
 
 
@@ -152,26 +156,26 @@ class WyomingServer:
     def info(self) -> link.Event:
         tts = TtsProgram(
             name="storybot-piper", description="Piper voices of the storybot voice host",
-            attribution=_ATTRIBUTION, installed=True, version=__version__,
+            attribution=_PIPER, installed=True, version=__version__,
             supports_synthesize_streaming=True,
-            voices=[TtsVoice(name=v.name, description=v.name, attribution=_ATTRIBUTION,
+            voices=[TtsVoice(name=v.name, description=v.name, attribution=_PIPER,
                              installed=True, version=None, languages=list(v.languages))
                     for v in self.voices.values()])
         info = Info(tts=[tts])
         if self.recognizer is not None:
             info.asr = [AsrProgram(
                 name="storybot-asr", description="The storybot voice host's recognizer",
-                attribution=_ATTRIBUTION, installed=True, version=__version__,
-                models=[AsrModel(name=m["name"], description=m["name"],
-                                 attribution=_ATTRIBUTION, installed=True, version=None,
-                                 languages=m["languages"]) for m in self.asr_models])]
+                attribution=_ASR, installed=True, version=__version__,
+                models=[AsrModel(name=m["name"], description=m["name"], attribution=_ASR,
+                                 installed=True, version=None, languages=m["languages"])
+                        for m in self.asr_models])]
         if self.settings.story_board is not None:
             info.handle = [HandleProgram(
                 name="storybot-stories", description="Bedtime stories told by the storybot "
-                "board: say what the story is about", attribution=_ATTRIBUTION,
+                "board: say what the story is about", attribution=_STORIES,
                 installed=True, version=__version__,
                 models=[HandleModel(name="stories15M", description="TinyStories Llama 2",
-                                    attribution=_ATTRIBUTION, installed=True, version=None,
+                                    attribution=_STORIES, installed=True, version=None,
                                     languages=["en"])])]
         event = info.event()
         return link.Event(event.type, event.data)

@@ -246,8 +246,9 @@ async def test_blocked_sentences_are_not_spoken(tmp_path):
 async def test_refused_requests_get_an_error_and_the_connection_goes_on(tmp_path, recognizer):
     async with wyoming_server(tmp_path, recognizer=recognizer, max_text_chars=100,
                               max_audio_seconds=1.0) as (_, port), client(port) as c:
-        await c.write_event(Synthesize(text="a" * 101).event())
-        await expect_error(c, "too-long")
+        for length in (101, 100_000):
+            await c.write_event(Synthesize(text="a" * length).event())
+            await expect_error(c, "too-long")
         # A lone surrogate, which only JSON's escapes can carry (the client cannot encode it).
         c._writer.write(json.dumps({"type": "synthesize", "data": {"text": "\ud800 x"}}).encode()
                         + b"\n")
