@@ -121,7 +121,7 @@ class WyomingServer:
                  voices: dict[str, VoiceInfo], *, recognizer=None,
                  asr_models: list[dict] | None = None, words: WordFilter | None = None) -> None:
         """voices: what synthesize may be asked for; recognizer: a listen.Recognizer (or
-        remote.RecognizerRemote) or None; asr_models: [{"name", "languages"}] to advertise."""
+        remote.RemoteRecognizer) or None; asr_models: [{"name", "languages"}] to advertise."""
         self.settings = settings
         self.synthesize = synthesize
         self.voices = voices
@@ -142,6 +142,8 @@ class WyomingServer:
             address = ipaddress.ip_address(peer[0])
         except (TypeError, IndexError, ValueError):
             return False
+        # A listener on "::" sees IPv4 clients as ::ffff:a.b.c.d.
+        address = getattr(address, "ipv4_mapped", None) or address
         return any(address in network for network in self._allow)
 
     def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Client:

@@ -331,11 +331,14 @@ async def test_clients_beyond_the_cap_are_refused(tmp_path):
 
 @pytest.mark.asyncio
 async def test_only_allowed_clients_are_served(tmp_path):
-    async with wyoming_server(tmp_path, allow=("10.0.0.0/8", "192.168.1.5")) as (_, port), \
+    async with wyoming_server(tmp_path, allow=("10.0.0.0/8", "192.168.1.5")) as (server, port), \
             client(port) as c:
         await c.write_event(Describe().event())
         assert "not allowed" in await expect_error(c, "not-allowed")
         assert await asyncio.wait_for(c.read_event(), 5) is None
+        # On a listener bound to "::", IPv4 clients come as IPv4-mapped addresses.
+        assert server.allowed(("::ffff:192.168.1.5", 1, 0, 0))
+        assert not server.allowed(("::ffff:192.168.1.6", 1, 0, 0))
     async with wyoming_server(tmp_path, allow=("127.0.0.0/8",)) as (_, port), client(port) as c:
         await c.write_event(Describe().event())
         assert (await next_event(c)).type == "info"
