@@ -23,7 +23,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event
 from wyoming.tts import Synthesize
 
-from . import link
+from . import link, wyoserver
 from .audio import AudioSink, PyAudioSink, WavSink
 from .listen import ListenSettings, Mic, PyAudioMic, Recognizer
 from .speech import Audio
@@ -99,9 +99,9 @@ class VoiceHost:
             await asyncio.to_thread(self._piper.shutdown)
             await asyncio.to_thread(self._vosk.shutdown)
 
-    async def synthesize(self, text: str) -> Audio:
+    async def synthesize(self, text: str, voice: str | None = None) -> Audio:
         audio = await asyncio.get_running_loop().run_in_executor(
-            self._piper, self.synth.synthesize, text)
+            self._piper, lambda: self.synth.synthesize(text, voice=voice))
         _LOGGER.info("TTS: %.2f s of audio in %.3f s (rtf %.3f)",
                      audio.seconds, audio.synth_seconds, audio.rtf)
         return audio
@@ -324,6 +324,7 @@ def register(subparsers) -> None:
                    help="a 16-bit mono WAV file to hear instead of the microphone")
     p.add_argument("--voice", default=env("STORYBOT_VOICE"),
                    help="Piper voice .onnx [STORYBOT_VOICE] (default: the joe voice)")
+    wyoserver.add_arguments(p)
     p.add_argument("--speaker", default=env("STORYBOT_SPEAKER"),
                    help="output device index or name [STORYBOT_SPEAKER] (default: the default)")
     p.add_argument("--wav-dir", default=env("STORYBOT_WAV_DIR"),
@@ -335,20 +336,20 @@ def register(subparsers) -> None:
 def _cmd_voice_host(args: argparse.Namespace) -> int:
     from . import service
     from .listen import WavMic
-    from .speech import Synthesizer
 
     settings = VoiceHostSettings(
         host=args.host, port=args.port, speaker=args.speaker, wav_dir=args.wav_dir,
         listen=ListenSettings(vosk_model=args.vosk_model, mic_device=args.mic))
-    synth = Synthesizer(args.voice)
-    recognizer = Recognizer(settings.listen) if settings.listen.enabled else None
+    synth, recognizer = wyoserver.speech_from_args(args, settings.listen)
     if recognizer is None:
         _LOGGER.warning("No Vosk model: prompts cannot be heard, boards tell surprise stories")
     mic_factory = (lambda: WavMic(args.mic_wav, realtime=True)) if args.mic_wav else None
     host = VoiceHost(settings, synth, recognizer=recognizer, mic_factory=mic_factory)
+    standard = wyoserver.from_args(args, host)
 
     async def main() -> None:
-        await service.serve(host.run(), host.server.listening,
+        await service.serve(asyncio.gather(host.run(), *([standard.run()] if standard else [])),
+                            host.server.listening,
                             f"serving boards on {settings.host}:{settings.port}")
 
     return service.run(main, "voice host")
