@@ -20,7 +20,8 @@ from test_wyoming import wyoming_server
 from wyoming.asr import Transcript
 from wyoming.client import AsyncTcpClient
 
-from robot.button import ButtonSettings, FakeLine
+from buttonlines import FakeLine
+from robot.button import ButtonSettings
 from robot.listen import ListenSettings, WavMic
 from robot.remote import RemoteRecognizer, RemoteSettings, RemoteSynthesizer, parse_uri
 from robot.speech import UnknownVoiceError, default_voice_path

@@ -239,7 +239,9 @@ async def test_blocked_sentences_are_not_spoken(tmp_path):
         _, partly = await read_audio(c)
     assert start is not None and pcm == b""
     alone = joe_synthesizer().synthesize("The cat liked fish.").pcm
-    assert abs(len(partly) - len(alone)) < 0.05 * len(alone)
+    # Piper draws its durations with noise (a few % either way); both sentences spoken
+    # would be about twice as long as the first alone.
+    assert 0.75 * len(alone) < len(partly) < 1.35 * len(alone)
 
 
 @pytest.mark.asyncio
