@@ -31,6 +31,8 @@ from robot.story import Story, is_complete
 from robot.voicehost import VoiceHost, VoiceHostSettings
 from robot.wordfilter import WordFilter
 
+pytestmark = pytest.mark.slow  # builds the board bundle and runs it under qemu
+
 STEPS = 48
 PROMPT = "Once upon a time"
 TOLD = "a little robot who loves the moon"

@@ -20,6 +20,8 @@ import pytest
 from conftest import MODELS, REPO
 from robot.dev import bench, bundle
 
+pytestmark = pytest.mark.slow  # builds the board bundle (about a minute)
+
 REQUIRED = os.environ.get("STORYBOT_REQUIRE_ALL") == "1"
 SHELLS = {"busybox-ash": ["busybox", "sh"], "dash": ["dash"]}
 

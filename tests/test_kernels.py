@@ -28,6 +28,7 @@ def test_host_kernels():
     assert re.search(r"^fp32 kernel sets: generic( avx2)?( avx512)?$", r.stdout, re.M), r.stdout
 
 
+@pytest.mark.slow  # emulated riscv64 builds
 @pytest.mark.parametrize("cc,qemu,name", [("RV_CC_CLANG", "QEMU_RVV", "rvv"),
                                           ("RV_CC_XTHEAD", "QEMU_C906", "xtheadvector")])
 def test_riscv_kernels_under_qemu(cc, qemu, name, riscv_env, tmp_path):  # noqa: F811
@@ -45,6 +46,7 @@ def test_riscv_kernels_under_qemu(cc, qemu, name, riscv_env, tmp_path):  # noqa:
     assert re.search(rf"^kernel sets: generic {name}$", r.stdout, re.M), r.stdout
 
 
+@pytest.mark.slow  # all 2^32 floats: about a minute and a half
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the vector expf is x86's")
 def test_vector_expf_and_the_copy_of_glibcs_equal_the_c_library_on_every_float():
     r = subprocess.run(["make", "-s", "-C", str(REPO / "native"), "build/kernels_test"],

@@ -17,6 +17,8 @@ import pytest
 from conftest import golden_cases, truncated_text
 from robot.dev import bench
 
+pytestmark = pytest.mark.slow  # every test runs riscv64 programs under qemu
+
 REQUIRED = os.environ.get("STORYBOT_REQUIRE_ALL") == "1"
 # greedy, top-p 0.9, top-p 1.0 (the cases most sensitive to rounding), a prompt longer
 # than the steps, and non-ASCII text

@@ -56,6 +56,7 @@ def test_story_ended_by_the_model_keeps_its_tail(engine):
     assert story.stats.contexts == 1 and story.stats.tokens == 205
 
 
+@pytest.mark.slow  # several contexts of the real model
 def test_long_story_continues_across_a_context_rollover(engine):
     story = Story(engine, PROMPT, LONG, StorySettings(contexts=3))
     said = list(story.sentences())
