@@ -8,20 +8,31 @@ import logging
 import os
 import sys
 
-from . import link
-from .board import DEFAULT_CONTROL_PORT
+from . import link, seal
+from .board import DEFAULT_CONTROL_PORT, is_loopback
 
 _LOGGER = logging.getLogger(__name__)
 
 
 async def ask(address: str, prompt: str, settings: link.LinkSettings = link.LinkSettings(),
-              out=None) -> int:
-    """Ask the board at address for a story; print each sentence; 0 once it is over."""
+              out=None, secret: bytes | None = None) -> int:
+    """Ask the board at address for a story; print each sentence; 0 once it is over.
+    A board that is not on loopback wants the pairing secret (robot.seal)."""
     out = out or sys.stdout
     host, port = link.parse_address(address)
     client = link.BoundedTcpClient(host, port, settings)
     await client.connect()
-    conn = link.Link(client, settings, f"board {host}:{port}")
+    peer = client
+    if not is_loopback(host):
+        if secret is None:
+            secret = seal.load()
+        try:
+            peer = link.SealedPeer(client, await link.within(
+                link.pair(client, secret, is_client=True), settings.pairing_seconds))
+        except BaseException:
+            await client.disconnect()
+            raise
+    conn = link.Link(peer, settings, f"board {host}:{port}")
     outcome = {"code": 1}
 
     async def handle(event: link.Event) -> bool:

@@ -6,7 +6,8 @@ import io
 import logging
 
 import pytest
-from test_voicehost import FAST, free_port, start_voice_host, stop_task, voice_host, wait_until
+from test_voicehost import (FAST, SECRET, free_port, start_voice_host, stop_task, voice_host,
+                            wait_until)
 from wyoming.event import Event
 
 from robot import link
@@ -32,7 +33,8 @@ async def running_board(engine, voice_port=None, line=None, words=None, **overri
     settings = BoardSettings(
         control=f"127.0.0.1:{port}", steps=overrides.pop("steps", 48), link=FAST,
         voice_host=f"127.0.0.1:{voice_port}" if voice_port else None, seed=7, **overrides)
-    board = Board(settings, engine, line=line, words=words or WordFilter.default())
+    board = Board(settings, engine, line=line, words=words or WordFilter.default(),
+                  secret=SECRET)
     task = asyncio.create_task(board.run())
     await asyncio.wait_for(board.ready.wait(), 5)
     if voice_port:
@@ -53,7 +55,7 @@ async def told(board, story_id=None, timeout=30):
 
 async def press(board, event=PRESS):
     board.press(event)
-    await asyncio.sleep(0.05)  # the machine takes it in turn
+    await board.settled()
 
 
 @pytest.mark.asyncio
@@ -156,8 +158,8 @@ async def test_a_press_while_telling_stops_the_voice_too(engine, tmp_path):
 class QuietHost(link.LinkHandler):
     """A voice host that never answers a listen, and sends stale and unknown events."""
 
-    def __init__(self, reader, writer):
-        super().__init__(reader, writer, FAST)
+    def __init__(self, reader, writer, session):
+        super().__init__(reader, writer, FAST, session)
         asyncio.get_running_loop().create_task(self._junk())
 
     async def _junk(self):
@@ -176,7 +178,7 @@ class QuietHost(link.LinkHandler):
 @pytest.mark.asyncio
 async def test_listening_times_out_and_a_stuck_host_is_given_up_on(engine, caplog):
     port = free_port()
-    server = link.LinkServer("127.0.0.1", port, QuietHost, FAST)
+    server = link.LinkServer("127.0.0.1", port, QuietHost, FAST, SECRET)
     task = asyncio.create_task(server.run())
     try:
         async with running_board(engine, voice_port=port, listen_seconds=0.3,
@@ -224,14 +226,39 @@ async def test_the_voice_host_dies_mid_story_and_comes_back(engine, tmp_path, ca
 
 @pytest.mark.asyncio
 async def test_a_mashed_button_starts_one_story(engine):
+    # The guard spans the whole test, so how fast the watcher samples cannot matter: the
+    # first press it sees counts, every later one is swallowed.
     line = FakeLine()
-    async with running_board(engine, line=line, button=ButtonSettings(line=0)) as (board, _):
+    button = ButtonSettings(line=0, guard_seconds=3600)
+    async with running_board(engine, line=line, button=button) as (board, _):
+        while board.state is State.IDLE:  # press until the board has seen one
+            line.level = True
+            await asyncio.sleep(0.1)
+            line.level = False
+            await asyncio.sleep(0.1)
         for _ in range(12):
             line.level = True
             await asyncio.sleep(0.04)
             line.level = False
             await asyncio.sleep(0.04)
         story = await told(board)
-        await asyncio.sleep(0.6)  # past the guard: nothing more comes
         assert board.story is story and board.state is State.IDLE
     assert story.id == 1 and story.shaped.source == "surprise"
+
+
+@pytest.mark.asyncio
+async def test_a_failed_story_is_an_error_to_the_asker(engine, capsys):
+    async with running_board(engine) as (board, address):
+        code = await ask(address, "Once upon a time " * 200, FAST, out=io.StringIO())
+        await told(board)
+    assert code == 1
+    assert "error: story 1 failed:" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+async def test_the_echoed_opening_passes_the_word_filter(engine, capsys):
+    async with running_board(engine, steps=40) as (board, address):
+        code = await ask(address, "Once upon a time, a damn cat", FAST, out=io.StringIO())
+        await told(board)
+    err = capsys.readouterr().err
+    assert code == 0 and "(passthrough): Once upon a time, a cat" in err and "damn" not in err
