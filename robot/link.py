@@ -630,12 +630,15 @@ class LinkServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if peer else "?"
+        if self.connections >= self.settings.max_connections \
+                or self._open.get(address, 0) >= self.settings.max_connections_per_peer:
+            try:
+                await self._refuse(writer, address, "busy", "too many connections")
+            finally:
+                writer.close()
+            return
         self._open[address] = self._open.get(address, 0) + 1
         try:
-            if self.connections > self.settings.max_connections \
-                    or self._open[address] > self.settings.max_connections_per_peer:
-                await self._refuse(writer, address, "busy", "too many connections")
-                return
             session = None
             if self._secret is not None:
                 task = asyncio.current_task()
