@@ -94,13 +94,14 @@ def hkdf(secret: bytes, salt: bytes, info: bytes, length: int) -> bytes:
 # --- The secret on disk ---------------------------------------------------------------
 
 def default_path() -> Path:
-    """Where the secret is: $STORYBOT_PAIRING, a systemd credential named "pairing", or
+    """Where the secret is: a systemd credential named "pairing" (LoadCredential=, which
+    a service's dynamic user can read), else $STORYBOT_PAIRING, else
     ~/.config/storybot/pairing.key."""
-    if os.environ.get("STORYBOT_PAIRING"):
-        return Path(os.environ["STORYBOT_PAIRING"])
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / "pairing").is_file():
         return Path(credentials) / "pairing"
+    if os.environ.get("STORYBOT_PAIRING"):
+        return Path(os.environ["STORYBOT_PAIRING"])
     config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
     return Path(config) / "storybot" / "pairing.key"
 
