@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -190,15 +191,19 @@ async def test_500_idle_connections_and_a_connect_storm_leave_nothing_behind(tmp
     assert after - before < 256 * 1024, f"{after - before} bytes still held"
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
-async def test_a_board_that_stops_reading_is_cut_off_and_its_queue_dropped(tmp_path):
+async def test_a_board_that_stops_reading_is_cut_off_and_its_queue_dropped(tmp_path, caplog):
     said = []
     async with voice_host(tmp_path) as (host, port):
         voice = host.synth
         host.synth = types.SimpleNamespace(  # the real voice, counting what it is asked
             sample_rate=voice.sample_rate,
             synthesize=lambda text: (said.append(text), voice.synthesize(text))[1])
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills soon
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
         stream = link.Stream(reader, writer, FAST)
         hog = link.SealedPeer(stream, await link.pair(stream, SECRET, is_client=True))
         await hog.write_event(link.Event(link.STORY_START, {"story": 1, "opening": "x"}))
@@ -206,7 +211,15 @@ async def test_a_board_that_stops_reading_is_cut_off_and_its_queue_dropped(tmp_p
         for index in range(16):
             await hog.write_event(link.Event(link.STORY_SENTENCE, {
                 "story": 1, "index": index, "text": long}))
-        # Then it reads nothing and says nothing: dropped once it is taken for dead.
+        # Then it reads nothing, but keeps talking (pings, each answered): the host's
+        # writes back block, and after its write timeout the session is cut off.
+        for _ in range(200_000):
+            if host.server.connections == 0:
+                break
+            try:
+                await asyncio.wait_for(hog.write_event(link.Event(link.PING)), 1)
+            except (asyncio.TimeoutError, OSError):
+                break
         await wait_until(lambda: host.server.connections == 0, timeout=30)
         await wait_until(lambda: not play_threads())
         dropped_at = len(said)
@@ -216,6 +229,7 @@ async def test_a_board_that_stops_reading_is_cut_off_and_its_queue_dropped(tmp_p
         finally:
             await board.close()
         writer.close()
+    assert "failed: TimeoutError" in caplog.text  # cut off by a blocked write, not silence
     assert dropped_at < 16 and said[dropped_at:] == ["Hello."]  # the queue went with it
     assert done["spoken"] == 1
     assert [p.name for p in tmp_path.iterdir()] == [next(tmp_path.iterdir()).name]
@@ -245,3 +259,27 @@ def test_the_cli_pairs_two_machines_with_one_code(tmp_path):
     assert (tmp_path / "board.key").stat().st_mode & 0o777 == 0o600
     again = subprocess.run([*run, str(tmp_path / "host.key")], capture_output=True, text=True)
     assert again.returncode == 1 and "--force" in again.stderr  # a pairing is not lost
+
+
+def test_the_voice_host_starts_unpaired_with_todays_flags_and_says_how_to_pair(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent),
+           "STORYBOT_PAIRING": str(tmp_path / "none.key")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "voice-host.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "robot.cli", "voice-host", "--host",
+                                 "127.0.0.1", "--port", str(port), "--wav-dir", str(tmp_path)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_line(log, "Listening on", proc, 120)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b'{"type": "synthesize", "data": {"text": "Hello."}}\n')
+            answer = conn.makefile("rb").read()  # until the host hangs up
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert json.loads(answer.splitlines()[0])["type"] == "error"
+    assert b'"code": "unpaired"' in answer and b"audio" not in answer
+    assert "every board is refused. To pair, run `storybot pair`" in log.read_text()
