@@ -2,8 +2,8 @@
 
 Both machines speak the Wyoming protocol: one JSON line per event, then optional extra
 data and a binary payload whose lengths the line gives. This module frames events itself
-rather than through the ``wyoming`` package, which the voice host still uses for its
-standard events (they pass through here as they are): on the board, importing that
+rather than through the ``wyoming`` package (whose own events pass through here as they
+are, and which reads these as its own: tests/test_link.py): on the board, importing that
 package costs about 3 MiB of its 38 MB (it looks its own version up through
 importlib.metadata, which imports email, zipfile, csv and more).
 Standard events carry what Wyoming already names (``transcript``, ``synthesize``,
@@ -23,11 +23,13 @@ Voice host to board::
     transcript      {text, listen: id}                 what was heard ("" for nothing)
     story-spoken    {story, index, synth_seconds, audio_seconds}   a sentence was played
     story-done      {story, spoken, cancelled}         the story's audio is over
+    error           {text, code, story, index}         a sentence it will not speak
+    error           {text, code, listen}               a listen it cannot do (mic-busy)
 
 A typed prompt (``storybot ask``) to the board's control port::
 
     story-request   {text}      answered with story-start, story-sentence..., story-end,
-                                or error {text, code: "busy"}
+                                or error {text, code: "busy" | "bad-prompt" | "failed"}
 
 Between a board and its voice host (and on a control port that is not on loopback)
 every connection first pairs, and then every event travels sealed: see robot.seal.
@@ -35,9 +37,9 @@ every connection first pairs, and then every event travels sealed: see robot.sea
 Reading is bounded so a bad peer cannot take the memory: the JSON line is capped by
 the asyncio stream limit (64 KiB), data and payload by ``LinkSettings``. Malformed,
 oversized and unknown events are logged and dropped; the connection goes on (a sealed
-frame that fails its check drops the connection). Servers cap their connections. Each side
-pings; a peer silent for ``dead_after_seconds`` is taken for dead and dropped, so a
-pulled cable cannot hang a story.
+frame that fails its check drops it). Servers cap their connections. Each side pings;
+a peer silent for ``dead_after_seconds`` is taken for dead and dropped, so a pulled
+cable cannot hang a story.
 """
 
 from __future__ import annotations
@@ -307,6 +309,9 @@ class Link:
                 except asyncio.TimeoutError:
                     _LOGGER.warning("No word from %s for %.1f s: taking it for dead",
                                     self.name, self.settings.dead_after_seconds)
+                    return
+                except seal.PairingError as err:
+                    _LOGGER.warning("Dropped the link to %s: %s", self.name, err)
                     return
                 except OSError as err:
                     _LOGGER.info("Link to %s broke: %r", self.name, err)
@@ -650,6 +655,10 @@ class LinkServer:
                 except (OSError, asyncio.TimeoutError) as err:
                     why = str(err) or "it did not pair in time"
                     await self._refuse(writer, address, "unpaired", why)
+                    return
+                except asyncio.CancelledError:
+                    # The server is closing. Returning, not raising: asyncio's stream
+                    # callback would log a cancelled connection task as an error.
                     return
                 finally:
                     self._pairing.discard(task)

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import logging
 import os
 import shutil
 import socket
@@ -194,6 +195,7 @@ async def test_500_idle_connections_and_a_connect_storm_leave_nothing_behind(tmp
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_board_that_stops_reading_is_cut_off_and_its_queue_dropped(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     said = []
     async with voice_host(tmp_path) as (host, port):
         voice = host.synth

@@ -126,3 +126,40 @@ async def test_a_peer_without_the_secret_is_refused_and_logged_once(
             await stop(c.task)
         await stop(server)
     assert caplog.text.count("Refused 127.0.0.1") == 1
+
+
+@pytest.mark.asyncio
+async def test_a_forged_frame_drops_a_paired_connection(caplog):
+    port = free_port()
+    server = await start_server(port, secret=SECRET)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        stream = link.Stream(reader, writer, FAST)
+        session = await link.pair(stream, SECRET, is_client=True)
+        good = session.seal(seal.encode_frame("hello", {"n": 1}, None))
+        forged = bytearray(session.seal(seal.encode_frame("hello", {"n": 2}, None)))
+        forged[3] ^= 1
+        for payload in (good, bytes(forged)):
+            await stream.write_event(link.Event(seal.SEALED, payload=payload))
+        echoed = await stream.read_event()
+        while (event := await stream.read_event()) is not None:
+            pass  # pings, until the server hangs up
+        writer.close()
+    finally:
+        await stop(server)
+    assert echoed.type == seal.SEALED  # the good frame came back, sealed
+    assert "Dropped the link to 127.0.0.1" in caplog.text and "integrity" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_stopping_the_server_while_a_peer_pairs_is_quiet(caplog):
+    server = link.LinkServer("127.0.0.1", free_port(), None, FAST, SECRET)
+    task = asyncio.create_task(server.run())
+    await asyncio.wait_for(server.listening.wait(), 5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    while server.connections == 0:  # accepted, waiting for a pair-hello
+        await asyncio.sleep(0.01)
+    await stop(task)
+    assert await reader.read() == b""  # hung up
+    writer.close()
+    assert "ERROR" not in caplog.text and "Traceback" not in caplog.text

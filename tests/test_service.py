@@ -138,7 +138,11 @@ def test_the_voice_host_stops_cleanly_on_sigterm(notify_socket, tmp_path):
 
     async def paired_board_then_terminate():
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await link.pair(link.Stream(reader, writer, FAST), SECRET, is_client=True)
+        stream = link.Stream(reader, writer, FAST)
+        board = link.SealedPeer(stream, await link.pair(stream, SECRET, is_client=True))
+        await board.write_event(link.Event(link.PING))
+        while (await board.read_event()).type != link.PONG:  # the host took the pairing
+            pass
         proc.send_signal(signal.SIGTERM)  # while a paired board is connected
         result = await asyncio.to_thread(proc.communicate, timeout=20)
         writer.close()
