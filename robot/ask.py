@@ -17,15 +17,16 @@ _LOGGER = logging.getLogger(__name__)
 async def ask(address: str, prompt: str, settings: link.LinkSettings = link.LinkSettings(),
               out=None, secret: bytes | None = None) -> int:
     """Ask the board at address for a story; print each sentence; 0 once it is over.
-    A board that is not on loopback wants the pairing secret (robot.seal)."""
+    A board that is not on loopback wants the pairing secret (robot.seal): given, or
+    read from where storybot pair keeps it."""
     out = out or sys.stdout
     host, port = link.parse_address(address)
+    if secret is None and not is_loopback(host):
+        secret = seal.load()
     client = link.BoundedTcpClient(host, port, settings)
     await client.connect()
     peer = client
-    if not is_loopback(host):
-        if secret is None:
-            secret = seal.load()
+    if secret is not None:
         try:
             peer = link.SealedPeer(client, await link.within(
                 link.pair(client, secret, is_client=True), settings.pairing_seconds))

@@ -10,6 +10,7 @@ from test_voicehost import (FAST, SECRET, free_port, start_voice_host, stop_task
                             wait_until)
 from wyoming.event import Event
 
+from robot import board as board_module
 from robot import link
 from robot.ask import ask
 from robot.board import Board, BoardSettings, State
@@ -262,3 +263,19 @@ async def test_the_echoed_opening_passes_the_word_filter(engine, capsys):
         await told(board)
     err = capsys.readouterr().err
     assert code == 0 and "(passthrough): Once upon a time, a cat" in err and "damn" not in err
+
+
+@pytest.mark.asyncio
+async def test_a_control_port_off_loopback_wants_the_pairing(engine, monkeypatch, capsys):
+    # As if bound to the network (the test stays on loopback): the board seals the port.
+    monkeypatch.setattr(board_module, "is_loopback", lambda host: False)
+    async with running_board(engine, steps=40) as (board, address):
+        refused = await ask(address, "Once upon a time", FAST, out=io.StringIO())
+        wrong = ask(address, "Once upon a time", FAST, secret=b"\1" * 32)
+        with pytest.raises(OSError, match="does not hold our pairing secret"):
+            await wrong
+        out = io.StringIO()
+        told_code = await ask(address, "Once upon a time", FAST, out=out, secret=SECRET)
+        story = await told(board)
+    assert refused == 1 and "pair both machines" in capsys.readouterr().err
+    assert told_code == 0 and out.getvalue().splitlines() == story.sentences

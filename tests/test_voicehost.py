@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import threading
+import types
 import wave
 
 import pytest
@@ -338,3 +339,25 @@ async def test_a_broken_speaker_ends_the_story_not_the_session(tmp_path, caplog)
     assert working[1] == {"story": 2, "spoken": 1, "cancelled": False}
     assert "Could not speak story 1" in caplog.text
     assert [p.name for p in tmp_path.iterdir()] == ["b.wav"]
+
+
+@pytest.mark.asyncio
+async def test_a_boards_sentence_goes_to_piper_before_other_clients_text(tmp_path):
+    said = []
+    async with voice_host(tmp_path) as (host, port):
+        voice = host.synth
+        host.synth = types.SimpleNamespace(  # the real voice, noting what it is asked
+            sample_rate=voice.sample_rate,
+            synthesize=lambda text: (said.append(text), voice.synthesize(text))[1])
+        board = ScriptedBoard(port)
+        try:
+            await asyncio.wait_for(board.client.up.wait(), 10)
+            long = "Another client has a great deal to say about the weather today. " * 3
+            others = [asyncio.create_task(host.synthesize(f"{n}. {long}")) for n in range(3)]
+            await wait_until(lambda: said)  # the first of them has Piper
+            spoken, done = await board.tell(1, ["The board speaks."])
+            await asyncio.gather(*others)
+        finally:
+            await board.close()
+    assert said.index("The board speaks.") == 1 and len(said) == 4
+    assert done["spoken"] == 1
