@@ -24,6 +24,7 @@ import types
 from pathlib import Path
 
 import pytest
+from test_install import need
 from test_voicehost import FAST, SECRET, ScriptedBoard, play_threads, voice_host, wait_until, \
     wav_seconds
 
@@ -41,14 +42,14 @@ def ip(*args: str) -> None:
 def namespaces():
     """(host namespace, peer namespace, "10.213.N"): .1 in the first, .2 and .3 in the
     second, on a veth pair of their own."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2's ip")
+    need(os.geteuid() == 0 and shutil.which("ip") is not None,
+         "root and iproute2's ip (for network namespaces)")
     tag = f"{os.getpid() % 100000}"
     host_ns, peer_ns, net = f"sbhost{tag}", f"sbpeer{tag}", f"10.213.{os.getpid() % 250}"
     try:
         ip("netns", "add", host_ns)
     except subprocess.CalledProcessError as err:
-        pytest.skip(f"cannot make a network namespace here: {err.stderr.strip()}")
+        need(False, f"a network namespace ({err.stderr.strip()})")
     try:
         ip("netns", "add", peer_ns)
         ip("link", "add", f"sbh{tag}", "type", "veth", "peer", "name", f"sbp{tag}")
