@@ -186,7 +186,7 @@ class Board:
         self._inbox.put_nowait(("request", text, asker))
 
     def _control_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         session) -> _ControlSession:
+                         session: seal.Session | None) -> _ControlSession:
         return _ControlSession(reader, writer, self, session)
 
     # --- The machine ------------------------------------------------------------------
@@ -469,7 +469,7 @@ class _ControlSession(link.LinkHandler):
     """A storybot ask connection: typed prompts in, the story's events back out."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 board: Board, session) -> None:
+                 board: Board, session: seal.Session | None) -> None:
         super().__init__(reader, writer, board.settings.link, session)
         self._board = board
 
