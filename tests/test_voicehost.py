@@ -12,7 +12,7 @@ import wave
 
 import pytest
 from conftest_audio import joe_synthesizer
-from wyoming.event import Event, async_write_event
+from wyoming.event import Event
 
 from robot import link
 from robot.audio import WavSink
