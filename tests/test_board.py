@@ -4,6 +4,8 @@ import asyncio
 import contextlib
 import io
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 from test_voicehost import (FAST, SECRET, free_port, start_voice_host, stop_task, voice_host,
@@ -19,6 +21,7 @@ from robot.engine import Engine
 from robot.wordfilter import WordFilter
 
 PRESS, LONG = ButtonEvent.PRESS, ButtonEvent.LONG_PRESS
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +282,16 @@ async def test_a_control_port_off_loopback_wants_the_pairing(engine, monkeypatch
         story = await told(board)
     assert refused == 1 and "pair both machines" in capsys.readouterr().err
     assert told_code == 0 and out.getvalue().splitlines() == story.sentences
+
+
+@pytest.mark.asyncio
+async def test_storybot_ask_into_head_is_no_error(engine):
+    async with running_board(engine, steps=256) as (board, address):
+        proc = await asyncio.create_subprocess_shell(
+            f"set -o pipefail; {sys.executable} -m robot.cli ask --board {address} "
+            f"'Once upon a time' 2>&1 | head -1", executable="/bin/bash",
+            stdout=asyncio.subprocess.PIPE, cwd=REPO)
+        out, _ = await proc.communicate()
+        await told(board, timeout=60)
+    assert proc.returncode == 0, out
+    assert out.decode().startswith("story 1") and b"rror" not in out
