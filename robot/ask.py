@@ -8,20 +8,32 @@ import logging
 import os
 import sys
 
-from . import link
-from .board import DEFAULT_CONTROL_PORT
+from . import link, seal
+from .board import DEFAULT_CONTROL_PORT, is_loopback
 
 _LOGGER = logging.getLogger(__name__)
 
 
 async def ask(address: str, prompt: str, settings: link.LinkSettings = link.LinkSettings(),
-              out=None) -> int:
-    """Ask the board at address for a story; print each sentence; 0 once it is over."""
+              out=None, secret: bytes | None = None) -> int:
+    """Ask the board at address for a story; print each sentence; 0 once it is over.
+    A board that is not on loopback wants the pairing secret (robot.seal): given, or
+    read from where storybot pair keeps it."""
     out = out or sys.stdout
     host, port = link.parse_address(address)
+    if secret is None and not is_loopback(host):
+        secret = seal.load()
     client = link.BoundedTcpClient(host, port, settings)
     await client.connect()
-    conn = link.Link(client, settings, f"board {host}:{port}")
+    peer = client
+    if secret is not None:
+        try:
+            peer = link.SealedPeer(client, await link.within(
+                link.pair(client, secret, is_client=True), settings.pairing_seconds))
+        except BaseException:
+            await client.disconnect()
+            raise
+    conn = link.Link(peer, settings, f"board {host}:{port}")
     outcome = {"code": 1}
 
     async def handle(event: link.Event) -> bool:
@@ -62,7 +74,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(ask(args.board, args.prompt))
     except BrokenPipeError:
-        # Whoever read the story stopped (`| head -5`): a normal end, not an error. stdout
-        # becomes /dev/null so that Python's last flush at exit does not fail again.
+        # `storybot ask ... | head`: a reader that has read enough is no error. stdout goes
+        # to /dev/null so that the interpreter's flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

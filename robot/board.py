@@ -29,8 +29,9 @@ import os
 import threading
 from contextlib import closing
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from . import link
+from . import link, seal
 from .button import ButtonEvent, ButtonSettings, ButtonWatcher, Line
 from .engine import Engine
 from .link import Event
@@ -101,6 +102,8 @@ class Telling:
     """Sentences the word filter held back (known once generation is over)."""
     stopped: str | None = None
     """Why the story was cut short, if it was."""
+    failed: str | None = None
+    """Why generation failed, if it did (the asker gets an error, not a story-end)."""
     in_flight: int = 0
     voice_done: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -120,7 +123,10 @@ class Board:
     """The state machine and the tasks that feed it."""
 
     def __init__(self, settings: BoardSettings, engine: Engine, *,
-                 words: WordFilter | None = None, line: Line | None = None) -> None:
+                 words: WordFilter | None = None, line: Line | None = None,
+                 secret: bytes | None = None) -> None:
+        """secret: the pairing secret (robot.seal) the voice host and a control port off
+        loopback require; without it the board tells its stories to the log only."""
         self.settings = settings
         self.engine = engine
         self.words = words or WordFilter.default()
@@ -134,14 +140,30 @@ class Board:
         self._listen_timer: asyncio.TimerHandle | None = None
         self._story_id = 0
         self._voice: link.LinkClient | None = None
-        if settings.voice_host:
+        if settings.voice_host and not secret:
+            _LOGGER.warning("Not paired with a voice host: stories go to the log. Pair with "
+                            "`storybot pair --code CODE` (the code `storybot pair` prints on "
+                            "the voice host), then restart")
+        elif settings.voice_host:
             host, port = link.parse_address(settings.voice_host)
             self._voice = link.LinkClient(host, port, self._from_voice, settings.link,
-                                          on_down=self._voice_down)
+                                          on_down=self._voice_down, secret=secret)
         self._control: link.LinkServer | None = None
         if settings.control:
             host, port = link.parse_address(settings.control)
-            self._control = link.LinkServer(host, port, self._control_session, settings.link)
+            # On loopback the asker is on the board already; anywhere else it must pair.
+            sealed = not is_loopback(host)
+            if sealed and not secret:
+                _LOGGER.error("The control port %s is not on loopback and the board is not "
+                              "paired: it stays closed", settings.control)
+            else:
+                self._control = link.LinkServer(host, port, self._control_session,
+                                                settings.link, secret if sealed else None)
+        self._handlers = {
+            "button": self._on_button, "listen-timeout": self._on_listen_timeout,
+            "voice": self._on_voice, "voice-down": self._on_voice_down,
+            "request": self._on_request, "told": self._on_told,
+        }
         self._button: ButtonWatcher | None = None
         if line is not None or settings.button.enabled:
             self._button = ButtonWatcher(settings.button, self.press, line)
@@ -163,9 +185,9 @@ class Board:
         """A typed prompt from a control connection."""
         self._inbox.put_nowait(("request", text, asker))
 
-    def _control_session(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> _ControlSession:
-        return _ControlSession(reader, writer, self)
+    def _control_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         session: seal.Session | None) -> _ControlSession:
+        return _ControlSession(reader, writer, self, session)
 
     # --- The machine ------------------------------------------------------------------
 
@@ -204,9 +226,16 @@ class Board:
         while True:
             kind, *args = await self._inbox.get()
             try:
-                await getattr(self, "_on_" + kind.replace("-", "_"))(*args)
+                await self._handlers[kind](*args)
             except Exception:
                 _LOGGER.exception("Failed to handle %s while %s", kind, self.state.value)
+            finally:
+                self._inbox.task_done()
+
+    async def settled(self) -> None:
+        """Until every input queued so far (and since) has been handled."""
+        await asyncio.sleep(0)  # a press from this thread is queued by call_soon
+        await self._inbox.join()
 
     def _set_state(self, state: State) -> None:
         if state is not self.state:
@@ -257,6 +286,11 @@ class Board:
             story.changed.set()
         elif kind == link.ERROR:
             _LOGGER.warning("The voice host reports: %s", data["text"])
+            if story is not None and data.get("story") == story.id:
+                story.in_flight -= 1  # a sentence it will not speak
+                story.changed.set()
+            elif self.state is State.LISTENING and data.get("listen") == self._listen_id:
+                self._begin(self._surprise(), why="the voice host cannot listen")
         else:
             _LOGGER.warning("Dropped a %r event from the voice host while %s (stale or "
                             "out of order): %s", kind, self.state.value, data)
@@ -274,8 +308,13 @@ class Board:
             await _send_or_forget(asker, link.error_event(f"busy telling story {self.story.id}",
                                                           "busy"))
             return
-        self._begin(shape_prompt(text, seed=self._story_id + 1), why="a typed prompt",
-                    asker=asker, prompt=text)
+        try:
+            shaped = shape_prompt(text, seed=self._story_id + 1)
+        except Exception as err:
+            _LOGGER.exception("A typed prompt could not be shaped")
+            await _send_or_forget(asker, link.error_event(f"bad prompt: {err}", "bad-prompt"))
+            return
+        self._begin(shaped, why="a typed prompt", asker=asker, prompt=text)
 
     async def _on_told(self, story: Telling) -> None:
         if story is self.story:
@@ -331,8 +370,9 @@ class Board:
                                   name=f"story-{story.id}")
         generated = False
         try:
+            # The opening may be typed text: what goes out passes the word filter.
             await self._announce(story, Event(link.STORY_START, {
-                "story": story.id, "opening": story.shaped.opening,
+                "story": story.id, "opening": self.words.clean_transcript(story.shaped.opening),
                 "source": story.shaped.source}))
             worker.start()
             while (sentence := await story.generated.get()) is not _END:
@@ -355,7 +395,8 @@ class Board:
                 await self._announce(story, Event(link.STORY_END, end))
                 await self._wait(story, lambda: story.voice_done)
             if story.asker is not None:
-                await _send_or_forget(story.asker, Event(link.STORY_END, end))
+                await _send_or_forget(story.asker, Event(link.STORY_END, end) if not story.failed
+                                      else link.error_event(story.failed, "failed"))
         finally:
             if worker.is_alive() and not generated:
                 story.stopped = story.stopped or "cancelled"
@@ -405,10 +446,15 @@ class Board:
             story.blocked = text.stats.blocked
             _LOGGER.info("Story %d generated: %d tokens, ended by %s", story.id,
                          text.stats.tokens, text.stats.finish_reason or "a stop")
-        except Exception:
+        except Exception as err:
             _LOGGER.exception("Story %d: generation failed", story.id)
+            story.failed = f"story {story.id} failed: {err}"
         finally:
             put(_END)
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 async def _send_or_forget(peer: link.Link, event: Event) -> None:
@@ -423,8 +469,8 @@ class _ControlSession(link.LinkHandler):
     """A storybot ask connection: typed prompts in, the story's events back out."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 board: Board) -> None:
-        super().__init__(reader, writer, board.settings.link)
+                 board: Board, session: seal.Session | None) -> None:
+        super().__init__(reader, writer, board.settings.link, session)
         self._board = board
 
     async def handle_event(self, event: Event) -> bool:
@@ -477,6 +523,9 @@ def register(subparsers) -> None:
                    default=env("STORYBOT_BUTTON_BIAS"),
                    help="the button line's bias, gpiod only [STORYBOT_BUTTON_BIAS] "
                         "(default: pull-up when active low, pull-down when active high)")
+    p.add_argument("--pairing", default=str(seal.default_path()),
+                   help="the pairing secret shared with the voice host, made by storybot "
+                        "pair [STORYBOT_PAIRING] (default: %(default)s)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -490,10 +539,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             backend=args.button, line=args.button_line, chip=args.button_chip,
             sysfs_root=args.sysfs_root, active_low=not args.active_high,
             bias=args.bias))
+    try:
+        secret = seal.load(Path(args.pairing))
+    except seal.NotPaired:
+        secret = None  # Board says what that means
     engine = Engine(models.find(args.model), models.find(args.tokenizer))
 
     async def main() -> None:
-        board = Board(settings, engine)
+        board = Board(settings, engine, secret=secret)
         await service.serve(board.run(), board.ready,
                             f"{args.model}, voice host {settings.voice_host or 'none'}, "
                             f"control {settings.control or 'none'}")

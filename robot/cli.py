@@ -73,6 +73,7 @@ COMMANDS = {
     "serve": ("board", "run the board: button, prompts, stories to the voice host"),
     "ask": ("ask", "ask a running board (storybot serve) for a story"),
     "voice-host": ("voicehost", "serve boards: hear prompts (Vosk), speak stories (Piper)"),
+    "pair": ("pair", "pair a board with its voice host (a shared secret, mode 0600)"),
     "bench": ("dev.bench", "measure speed and memory of each build beside baselines"),
     "quantize": ("dev.quantize", "convert a llama2.c fp32 checkpoint to storybot's int8 or 4-bit file"),
     "eval": ("dev.evaluate", "perplexity and greedy agreement of model formats against fp32"),

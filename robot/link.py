@@ -2,8 +2,8 @@
 
 Both machines speak the Wyoming protocol: one JSON line per event, then optional extra
 data and a binary payload whose lengths the line gives. This module frames events itself
-rather than through the ``wyoming`` package, which the voice host still uses for its
-standard events (they pass through here as they are): on the board, importing that
+rather than through the ``wyoming`` package (whose own events pass through here as they
+are, and which reads these as its own: tests/test_link.py): on the board, importing that
 package costs about 3 MiB of its 38 MB (it looks its own version up through
 importlib.metadata, which imports email, zipfile, csv and more).
 Standard events carry what Wyoming already names (``transcript``, ``synthesize``,
@@ -23,17 +23,23 @@ Voice host to board::
     transcript      {text, listen: id}                 what was heard ("" for nothing)
     story-spoken    {story, index, synth_seconds, audio_seconds}   a sentence was played
     story-done      {story, spoken, cancelled}         the story's audio is over
+    error           {text, code, story, index}         a sentence it will not speak
+    error           {text, code, listen}               a listen it cannot do (mic-busy)
 
 A typed prompt (``storybot ask``) to the board's control port::
 
     story-request   {text}      answered with story-start, story-sentence..., story-end,
-                                or error {text, code: "busy"}
+                                or error {text, code: "busy" | "bad-prompt" | "failed"}
+
+Between a board and its voice host (and on a control port that is not on loopback)
+every connection first pairs, and then every event travels sealed: see robot.seal.
 
 Reading is bounded so a bad peer cannot take the memory: the JSON line is capped by
 the asyncio stream limit (64 KiB), data and payload by ``LinkSettings``. Malformed,
-oversized and unknown events are logged and dropped; the connection goes on. Each side
-pings; a peer silent for ``dead_after_seconds`` is taken for dead and dropped, so a
-pulled cable cannot hang a story.
+oversized and unknown events are logged and dropped; the connection goes on (a sealed
+frame that fails its check drops it). Servers cap their connections. Each side pings;
+a peer silent for ``dead_after_seconds`` is taken for dead and dropped, so a pulled
+cable cannot hang a story.
 """
 
 from __future__ import annotations
@@ -41,10 +47,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import seal
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -102,6 +111,12 @@ class LinkSettings:
     """First wait before reconnecting or rebinding (s); doubles on each failure."""
     max_backoff_seconds: float = 10.0
     """Longest wait between tries (s)."""
+    pairing_seconds: float = 5.0
+    """Longest a new connection may take to prove it is paired (s), then it is dropped."""
+    max_connections: int = 32
+    """Connections a server holds at once (count), paired or not; more are refused."""
+    max_connections_per_peer: int = 4
+    """Connections a server holds from one address at once (count)."""
 
 
 class LinkClosed(ConnectionError):
@@ -120,6 +135,14 @@ class Event:
 
 def error_event(text: str, code: str) -> Event:
     return Event(ERROR, {"text": text, "code": code})
+
+
+class Refused(ValueError):
+    """A request that will not be served; text and code go back as an ``error`` event."""
+
+    def __init__(self, text: str, code: str) -> None:
+        super().__init__(text)
+        self.code = code
 
 
 async def write_event(writer: asyncio.StreamWriter, event: Event) -> None:
@@ -262,8 +285,8 @@ Handler = Callable[[Event], Awaitable[bool]]
 class Link:
     """One open connection: keepalive, bounded reads, and sends that cannot hang.
 
-    peer is a BoundedTcpClient or a LinkHandler: read_event() (bounded, see below) and
-    write_event(). run() answers pings itself and hands every other well-formed
+    peer is a Stream (bounded reads, see read_event) or a SealedPeer around one:
+    read_event() and write_event(). run() answers pings itself and hands every other well-formed
     event to a handler until the peer closes, falls silent, or the handler returns False.
     """
 
@@ -294,6 +317,9 @@ class Link:
                 except asyncio.TimeoutError:
                     _LOGGER.warning("No word from %s for %.1f s: taking it for dead",
                                     self.name, self.settings.dead_after_seconds)
+                    return
+                except seal.PairingError as err:
+                    _LOGGER.warning("Dropped the link to %s: %s", self.name, err)
                     return
                 except OSError as err:
                     _LOGGER.info("Link to %s broke: %r", self.name, err)
@@ -329,25 +355,32 @@ class Link:
             pass  # the reader notices too, and ends the link
 
 
-class BoundedTcpClient:
-    """A TCP connection to a server, read with the bounded reader."""
+class Stream:
+    """One TCP connection's events, read with the bounded reader."""
 
-    def __init__(self, host: str, port: int, settings: LinkSettings) -> None:
-        self.host, self.port = host, port
+    def __init__(self, reader: asyncio.StreamReader | None,
+                 writer: asyncio.StreamWriter | None, settings: LinkSettings) -> None:
+        self._reader, self._writer = reader, writer
         self.settings = settings
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def connect(self) -> None:
-        self._reader, self._writer = await within(
-            asyncio.open_connection(self.host, self.port),
-            self.settings.connect_timeout_seconds)
 
     async def read_event(self) -> Event | None:
         return await read_event(self._reader, self.settings)
 
     async def write_event(self, event: Event) -> None:
         await write_event(self._writer, event)
+
+
+class BoundedTcpClient(Stream):
+    """A TCP connection to a server, read with the bounded reader."""
+
+    def __init__(self, host: str, port: int, settings: LinkSettings) -> None:
+        super().__init__(None, None, settings)
+        self.host, self.port = host, port
+
+    async def connect(self) -> None:
+        self._reader, self._writer = await within(
+            asyncio.open_connection(self.host, self.port),
+            self.settings.connect_timeout_seconds)
 
     async def disconnect(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None
@@ -356,20 +389,114 @@ class BoundedTcpClient:
             await writer.wait_closed()
 
 
-class LinkClient:
-    """Keeps a link to a server up: connects, reconnects with backoff, forever.
+# --- Pairing (robot.seal): a handshake before any other event, then sealed frames -------
 
+class SealedPeer:
+    """A paired peer: events go out sealed and come in checked, in the session's order."""
+
+    def __init__(self, peer, session: seal.Session) -> None:
+        self._peer, self._session = peer, session
+
+    async def read_event(self) -> Event | None:
+        event = await self._peer.read_event()
+        if event is None:
+            return None
+        if event.type != seal.SEALED or not event.payload:
+            raise seal.PairingError(f"an unsealed {event.type!r} event on a paired link")
+        return Event(*seal.decode_frame(self._session.open(event.payload)))
+
+    async def write_event(self, event: Event) -> None:
+        # Sealing and writing happen with no await between them, so frames leave in the
+        # order of their counters even when several tasks send.
+        frame = seal.encode_frame(event.type, event.data, event.payload)
+        await self._peer.write_event(Event(seal.SEALED, payload=self._session.seal(frame)))
+
+
+async def pair(peer, secret: bytes, *, is_client: bool) -> seal.Session:
+    """The challenge-response of robot.seal over peer; PairingError if either side fails."""
+    if not secret:
+        raise seal.PairingError("not paired yet")
+
+    async def expect(kind: str) -> dict:
+        event = await peer.read_event()
+        if event is None:
+            raise seal.PairingError("the peer hung up while pairing")
+        if event.type == ERROR and event.data.get("code") == "busy":
+            raise ConnectionRefusedError(f"the peer is busy: {event.data.get('text')!r:.200}")
+        if event.type == ERROR:
+            raise seal.PairingError(f"the peer refused: {event.data.get('text')!r:.200}")
+        if event.type != kind:
+            raise seal.PairingError(f"expected {kind!r} first, got {event.type!r:.40}")
+        return event.data
+
+    def field_bytes(data: dict, name: str, size: int) -> bytes:
+        value = data.get(name)
+        try:
+            raw = bytes.fromhex(value) if isinstance(value, str) else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != size:
+            raise seal.PairingError(f"{name!r} is not {size} hex bytes")
+        return raw
+
+    if is_client:
+        mine = os.urandom(seal.NONCE_BYTES)
+        await peer.write_event(Event(seal.HELLO, {"nonce": mine.hex()}))
+        data = await expect(seal.CHALLENGE)
+        theirs = field_bytes(data, "nonce", seal.NONCE_BYTES)
+        if not seal.compare_digest(field_bytes(data, "proof", seal.TAG_BYTES),
+                                   seal.proof(secret, b"server", mine, theirs)):
+            raise seal.PairingError("the server does not hold our pairing secret")
+        await peer.write_event(Event(seal.PROOF, {
+            "proof": seal.proof(secret, b"client", mine, theirs).hex()}))
+        return seal.Session(secret, mine, theirs, is_board=True)
+    theirs = field_bytes(await expect(seal.HELLO), "nonce", seal.NONCE_BYTES)
+    mine = os.urandom(seal.NONCE_BYTES)
+    await peer.write_event(Event(seal.CHALLENGE, {
+        "nonce": mine.hex(), "proof": seal.proof(secret, b"server", theirs, mine).hex()}))
+    answer = field_bytes(await expect(seal.PROOF), "proof", seal.TAG_BYTES)
+    if not seal.compare_digest(answer, seal.proof(secret, b"client", theirs, mine)):
+        raise seal.PairingError("wrong proof: the peer does not hold our pairing secret")
+    return seal.Session(secret, theirs, mine, is_board=False)
+
+
+class _OncePerPeer:
+    """Logs a refusal the first time for each address, then only counts (a storm of
+    connections must not become a storm of log lines)."""
+
+    _REMEMBERED = 256
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def log(self, address: str, message: str, *args) -> None:
+        if address not in self._seen:
+            if len(self._seen) >= self._REMEMBERED:
+                self._seen.clear()
+            self._seen[address] = 0
+            _LOGGER.warning(message + " (further refusals of %s are not logged)",
+                            *args, address)
+        self._seen[address] += 1
+
+
+class LinkClient:
+    """Keeps a link to a server up: connects, pairs, reconnects with backoff, forever.
+
+    With a secret, each connection first pairs (robot.seal) and then seals every event;
+    a server that fails is logged once and tried again after the longest backoff.
     Events from the server go to handle(event). on_down() is awaited after a link goes
     down, so the owner can react (the board stops a story whose voice is gone); up is
     set while a link is up.
     """
 
     def __init__(self, host: str, port: int, handle: Handler, settings: LinkSettings,
-                 on_down: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_down: Callable[[], Awaitable[None]] | None = None,
+                 secret: bytes | None = None) -> None:
         self.host, self.port = host, port
         self.settings = settings
         self._handle = handle
         self._on_down = on_down
+        self._secret = secret
         self.link: Link | None = None
         self.up = asyncio.Event()
 
@@ -386,18 +513,35 @@ class LinkClient:
 
     async def run(self) -> None:
         backoff = self.settings.backoff_seconds
+        refused = False
         while True:
             client = BoundedTcpClient(self.host, self.port, self.settings)
             try:
                 await client.connect()
+                peer = client
+                if self._secret is not None:
+                    peer = SealedPeer(client, await within(
+                        pair(client, self._secret, is_client=True),
+                        self.settings.pairing_seconds))
             except (OSError, asyncio.TimeoutError) as err:
-                _LOGGER.info("Cannot reach %s (%r); retrying in %.1f s", self.name, err, backoff)
+                await _close(client)
+                if isinstance(err, seal.PairingError):
+                    # Once, not at every retry: the fix (pairing) takes a person.
+                    (_LOGGER.debug if refused else _LOGGER.warning)(
+                        "%s refused pairing (%s); run `storybot pair` (see systemd/README.md)"
+                        ", retrying every %.0f s", self.name, err,
+                        self.settings.max_backoff_seconds)
+                    refused, backoff = True, self.settings.max_backoff_seconds
+                else:
+                    _LOGGER.info("Cannot reach %s (%r); retrying in %.1f s",
+                                 self.name, err, backoff)
                 await asyncio.sleep(_jitter(backoff))
                 backoff = min(backoff * 2, self.settings.max_backoff_seconds)
                 continue
-            backoff = self.settings.backoff_seconds
-            _LOGGER.info("Connected to %s", self.name)
-            link = Link(client, self.settings, self.name)
+            backoff, refused = self.settings.backoff_seconds, False
+            _LOGGER.info("Connected to %s%s", self.name,
+                         " (paired, sealed)" if self._secret is not None else "")
+            link = Link(peer, self.settings, self.name)
             try:
                 self.link = link
                 self.up.set()
@@ -424,17 +568,19 @@ def _jitter(seconds: float) -> float:
 
 
 class LinkHandler:
-    """A server's side of one connection: bounded reads and keepalive.
+    """A server's side of one connection: bounded reads and keepalive, sealed by session
+    (the server paired the connection before it made the handler) or plain (None).
 
     Subclasses implement handle_event (return False to hang up) and may override
     disconnect, which runs once the link is over, whatever ended it.
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 settings: LinkSettings) -> None:
+                 settings: LinkSettings, session: seal.Session | None = None) -> None:
         self.reader, self.writer = reader, writer
-        peer = writer.get_extra_info("peername")
-        self.link = Link(self, settings, f"{peer[0]}:{peer[1]}" if peer else "peer")
+        stream = Stream(reader, writer, settings)
+        self.link = Link(stream if session is None else SealedPeer(stream, session), settings,
+                         _peer_name(writer))
         self.finished = asyncio.Event()
 
     async def handle_event(self, event: Event) -> bool:
@@ -442,12 +588,6 @@ class LinkHandler:
 
     async def disconnect(self) -> None:
         pass
-
-    async def read_event(self) -> Event | None:
-        return await read_event(self.reader, self.link.settings)
-
-    async def write_event(self, event: Event) -> None:
-        await write_event(self.writer, event)
 
     async def run(self) -> None:
         try:
@@ -465,28 +605,91 @@ class LinkHandler:
         self.reader.feed_eof()
 
 
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if peer else "peer"
+
+
+HandlerFactory = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "seal.Session | None"],
+                          LinkHandler]
+
+
 class LinkServer:
     """A TCP server kept listening: binding is retried with backoff.
 
     The retry matters after a quick restart, when the port may still be held.
-    handler_factory(reader, writer) makes a LinkHandler for each connection.
+    Connections are capped in total and per address. With a secret (see pair), each
+    connection must pair within pairing_seconds before a handler is made for it; b""
+    (no pairing yet) refuses every peer. A refused peer gets one ``error`` event and is
+    dropped. handler_factory(reader, writer, session) makes the LinkHandler.
     """
 
-    def __init__(self, host: str, port: int,
-                 handler_factory: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                           LinkHandler],
-                 settings: LinkSettings) -> None:
+    def __init__(self, host: str, port: int, handler_factory: HandlerFactory,
+                 settings: LinkSettings, secret: bytes | None = None) -> None:
         self.host, self.port = host, port
         self.settings = settings
         self._factory = handler_factory
+        self._secret = secret
         self._handlers: set[LinkHandler] = set()
+        self._pairing: set[asyncio.Task] = set()
+        self._open: dict[str, int] = {}
+        self._refusals = _OncePerPeer()
         self.listening = asyncio.Event()
 
+    @property
+    def connections(self) -> int:
+        return sum(self._open.values())
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._handlers = {h for h in self._handlers if not h.finished.is_set()}
-        handler = self._factory(reader, writer)
-        self._handlers.add(handler)
-        await handler.run()
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else "?"
+        if self.connections >= self.settings.max_connections \
+                or self._open.get(address, 0) >= self.settings.max_connections_per_peer:
+            try:
+                await self._refuse(writer, address, "busy", "too many connections")
+            finally:
+                writer.close()
+            return
+        self._open[address] = self._open.get(address, 0) + 1
+        try:
+            session = None
+            if self._secret is not None:
+                task = asyncio.current_task()
+                self._pairing.add(task)
+                try:
+                    session = await within(pair(Stream(reader, writer, self.settings),
+                                                self._secret, is_client=False),
+                                           self.settings.pairing_seconds)
+                except (OSError, asyncio.TimeoutError) as err:
+                    why = str(err) or "it did not pair in time"
+                    await self._refuse(writer, address, "unpaired", why)
+                    return
+                except asyncio.CancelledError:
+                    # The server is closing. Returning, not raising: asyncio's stream
+                    # callback would log a cancelled connection task as an error.
+                    return
+                finally:
+                    self._pairing.discard(task)
+            self._handlers = {h for h in self._handlers if not h.finished.is_set()}
+            handler = self._factory(reader, writer, session)
+            self._handlers.add(handler)
+            await handler.run()
+        finally:
+            self._open[address] -= 1
+            if not self._open[address]:
+                del self._open[address]
+            writer.close()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, address: str, code: str,
+                      why: str) -> None:
+        text = ("not paired with this host: pair both machines with `storybot pair`"
+                if code == "unpaired" else why)
+        self._refusals.log(address, "Refused %s on %s:%d: %s", address, self.host, self.port,
+                           why)
+        try:  # one clear answer, but a peer that reads nothing cannot hold us up
+            await within(write_event(writer, error_event(text, code)), 1.0)
+        except (OSError, asyncio.TimeoutError):
+            pass
 
     async def run(self) -> None:
         backoff = self.settings.backoff_seconds
@@ -508,6 +711,9 @@ class LinkServer:
                 # Closes every connection and waits for each handler's disconnect(), so
                 # nothing a connection started (audio, threads) outlives the server.
                 server.close()
+                for task in self._pairing:
+                    task.cancel()
                 for handler in self._handlers:
                     handler.stop()
+                await asyncio.gather(*self._pairing, return_exceptions=True)
                 await asyncio.gather(*(h.finished.wait() for h in self._handlers))

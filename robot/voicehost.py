@@ -1,14 +1,20 @@
 """The voice host: hears prompts with Vosk and speaks the boards' stories with Piper.
 
-One voice host serves any number of boards. Each board's connection is a session
-with its own sentence queue, speaker task and audio sink; the Piper voice and the
-microphone are shared, each used by one session at a time.
+One voice host serves any number of paired boards (robot.seal: a connection that does
+not pair is refused before any event). Each board's connection is a session with its
+own sentence queue, speaker task and audio sink; the Piper voice and the microphone are
+shared, each used by one session at a time, and a board's sentences go to Piper before
+anything else asks for it. Whatever is spoken, whoever asks, passes the length limit
+and the word filter here too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
 import os
 import threading
@@ -18,24 +24,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wyoming.asr import Transcript
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
-from wyoming.event import Event
-from wyoming.tts import Synthesize
-
-from . import link, wyoserver
+from . import link, seal, wyoserver
 from .audio import AudioSink, PyAudioSink, WavSink
+from .link import Event, Refused
 from .listen import ListenSettings, Mic, PyAudioMic, Recognizer
 from .speech import Audio
+from .wordfilter import WordFilter
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_PORT = 10720
 
 _SAMPLE_WIDTH = 2
-# Audio replies to a plain `synthesize` go out in chunks this long (s), well under the
-# link's payload cap.
-_CHUNK_SECONDS = 1.0
+
+BOARD = 0
+"""Priority of a paired board's sentences: before anything else that wants Piper."""
+OTHER = 1
+"""Priority of every other client's text."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,11 @@ class VoiceHostSettings:
     wav_dir: str | None = None
     """Write each story to a WAV file in this folder instead of playing it."""
     queue_sentences: int = 16
-    """Sentences one board may have waiting (count); more are dropped. A board keeps
+    """Sentences one board may have waiting (count); more are refused. A board keeps
     fewer than this in flight (BoardSettings.window)."""
+    max_text_chars: int = 400
+    """Longest text spoken at once (characters), so no request holds Piper for long;
+    a board's sentences are at most 300 (sentences.DEFAULT_MAX_CHARS)."""
     block_seconds: float = 0.1
     """Audio goes to the sink in blocks this long, so a stop cuts a sentence short (s)."""
     listen: ListenSettings = field(default_factory=ListenSettings)
@@ -63,24 +71,65 @@ SinkFactory = Callable[[str, int], AudioSink]
 """(session name, story id) -> the sink one story plays on."""
 
 
+
+class Turns:
+    """One job at a time; waiting jobs go in order of priority (lower first), then of
+    arrival. Piper has one thread: this decides who gets it next."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: list[tuple[int, int, asyncio.Future]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, priority: int):
+        if self._busy:
+            ready = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (priority, next(self._arrivals), ready))
+            try:
+                await ready
+            except asyncio.CancelledError:
+                if ready.done() and not ready.cancelled():
+                    self._next()  # the turn was ours already: pass it on
+                raise
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        while self._waiting:
+            _, _, ready = heapq.heappop(self._waiting)
+            if not ready.done():
+                ready.set_result(None)  # still busy: the turn goes straight to it
+                return
+        self._busy = False
+
+
 class VoiceHost:
     """The server: a shared voice, a shared microphone, one session per board."""
 
-    def __init__(self, settings: VoiceHostSettings, synth, *,
+    def __init__(self, settings: VoiceHostSettings, synth, *, secret: bytes = b"",
                  recognizer: Recognizer | None = None,
                  mic_factory: Callable[[], Mic] | None = None,
-                 sink_factory: SinkFactory | None = None) -> None:
+                 sink_factory: SinkFactory | None = None,
+                 words: WordFilter | None = None) -> None:
+        """secret: the pairing secret (robot.seal); b"" (not paired yet) refuses every
+        board."""
         self.settings = settings
         self.synth = synth
+        self.words = words or WordFilter.default()
         self.recognizer = recognizer
         self.mic_factory = mic_factory or (lambda: PyAudioMic(settings.listen.mic_device))
         self.sink_factory = sink_factory or self._default_sink
         # Piper and Vosk each run in a thread of their own: one sentence, one listen at a time.
         self._piper = ThreadPoolExecutor(1, thread_name_prefix="piper")
+        self._piper_turns = Turns()
         self._vosk = ThreadPoolExecutor(1, thread_name_prefix="vosk")
         self._mic = asyncio.Lock()
         self.server = link.LinkServer(settings.host, settings.port, self._session,
-                                      settings.link)
+                                      settings.link, secret=secret)
 
     def _default_sink(self, session: str, story: int) -> AudioSink:
         if self.settings.wav_dir is None:
@@ -88,8 +137,9 @@ class VoiceHost:
         name = f"{session.replace(':', '_')}-story{story}.wav"
         return WavSink(Path(self.settings.wav_dir) / name)
 
-    def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Session:
-        return _Session(reader, writer, self)
+    def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 session: seal.Session | None) -> _Session:
+        return _Session(reader, writer, self, session)
 
     async def run(self) -> None:
         try:
@@ -99,17 +149,38 @@ class VoiceHost:
             await asyncio.to_thread(self._piper.shutdown)
             await asyncio.to_thread(self._vosk.shutdown)
 
-    async def synthesize(self, text: str, voice: str | None = None) -> Audio:
-        audio = await asyncio.get_running_loop().run_in_executor(
-            self._piper, lambda: self.synth.synthesize(text, voice=voice))
+    def check_text(self, text: str) -> None:
+        """Refused if text is too long, not valid Unicode, or holds a blocked word."""
+        if len(text) > self.settings.max_text_chars:
+            raise Refused(f"text of {len(text)} characters; at most "
+                          f"{self.settings.max_text_chars} are spoken at once", "too-long")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Refused("text that is not valid Unicode (a lone surrogate)",
+                          "bad-text") from None
+        if not self.words.is_clean(text):
+            raise Refused("text with a blocked word", "blocked")
+
+    async def synthesize(self, text: str, *, voice: str | None = None,
+                         priority: int = OTHER) -> Audio:
+        """Audio for text, after every job of a lower priority number; Refused (see
+        check_text) without using Piper; voice: one of the synthesizer's voices."""
+        self.check_text(text)
+        async with self._piper_turns.turn(priority):
+            audio = await asyncio.get_running_loop().run_in_executor(
+                self._piper, lambda: self.synth.synthesize(text, voice=voice))
         _LOGGER.info("TTS: %.2f s of audio in %.3f s (rtf %.3f)",
                      audio.seconds, audio.synth_seconds, audio.rtf)
         return audio
 
     async def listen(self, seconds: float, stop: threading.Event) -> str:
-        """A transcript from the microphone; "" at once when there is no recognizer."""
+        """A transcript from the microphone; "" at once when there is no recognizer.
+        Refused while another session holds the microphone (one listener at a time)."""
         if self.recognizer is None:
             return ""
+        if self._mic.locked():
+            raise Refused("the microphone is in use", "mic-busy")
         async with self._mic:
             return await asyncio.get_running_loop().run_in_executor(
                 self._vosk, self.recognizer.listen, self.mic_factory(), seconds, stop)
@@ -132,8 +203,8 @@ class _Session(link.LinkHandler):
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 host: VoiceHost) -> None:
-        super().__init__(reader, writer, host.settings.link)
+                 host: VoiceHost, session: seal.Session | None) -> None:
+        super().__init__(reader, writer, host.settings.link, session)
         self.host = host
         self.name = self.link.name
         # (story, kind, index, text); kind is "start", "sentence", "end" or "stop".
@@ -160,27 +231,34 @@ class _Session(link.LinkHandler):
             self._stops[self._story] = threading.Event()
             self._queue.put_nowait((self._story, "start", 0, ""))
         elif kind == link.STORY_SENTENCE:
-            self._take_sentence(data["story"], data["index"], data["text"])
+            await self._take_sentence(data["story"], data["index"], data["text"])
         elif kind == link.STORY_END and data["story"] == self._story:
             self._queue.put_nowait((self._story, "end", 0, ""))
             self._story = None
         elif kind == link.STORY_STOP and data["story"] in self._stops:
             self._stop_story(data["story"], "the board stopped it")
-        elif Synthesize.is_type(kind):
-            await self._answer_synthesize(data["text"])
         else:
             _LOGGER.warning("Dropped an unexpected %r event from %s", kind, self.name)
         return True
 
-    def _take_sentence(self, story: int, index: int, text: str) -> None:
+    async def _take_sentence(self, story: int, index: int, text: str) -> None:
         if story != self._story or index != self._next_index:
             _LOGGER.warning("Dropped sentence %d of story %d from %s: out of order "
                             "(expected sentence %d of story %s)",
                             index, story, self.name, self._next_index, self._story)
             return
-        if self._queued_sentences >= self.host.settings.queue_sentences:
-            _LOGGER.warning("Dropped sentence %d of story %d from %s: %d already waiting",
-                            index, story, self.name, self._queued_sentences)
+        try:
+            if self._queued_sentences >= self.host.settings.queue_sentences:
+                raise Refused(f"{self._queued_sentences} sentences are waiting already",
+                              "queue-full")
+            self.host.check_text(text)
+        except Refused as err:
+            # The sentence is skipped, not the story: the board counts it as said.
+            _LOGGER.warning("Refused sentence %d of story %d from %s: %s",
+                            index, story, self.name, err)
+            self._next_index += 1
+            await self._send(Event(link.ERROR, {"text": str(err), "code": err.code,
+                                                "story": story, "index": index}))
             return
         self._next_index += 1
         self._queued_sentences += 1
@@ -204,21 +282,29 @@ class _Session(link.LinkHandler):
     async def _listen(self, listen_id: int, seconds: float, stop: threading.Event) -> None:
         _LOGGER.info("Listening for %s (up to %.1f s)", self.name, seconds)
         try:
+            if not seconds > 0:
+                raise Refused(f"cannot listen for {seconds} s", "bad-listen")
             text = await self.host.listen(seconds, stop)
+        except Refused as err:
+            _LOGGER.warning("Not listening for %s: %s", self.name, err)
+            await self._send(Event(link.ERROR, {"text": str(err), "code": err.code,
+                                                "listen": listen_id}))
+            return
         except Exception:
             _LOGGER.exception("Listening failed; answering with nothing heard")
             text = ""
         if stop.is_set():
             return  # superseded or disconnected: nobody waits for this one
-        event = Transcript(text=text).event()
-        event.data["listen"] = listen_id
-        await self._send(event)
+        await self._send(Event(link.TRANSCRIPT, {"text": text, "listen": listen_id}))
 
     async def _send(self, event: Event) -> None:
         try:
             await self.link.send(event)
         except link.LinkClosed as err:
-            _LOGGER.info("Not sent to %s: %s", self.name, err)
+            # A board that takes nothing for a write timeout is gone: end the session,
+            # so its queue is dropped and Piper is not kept busy for nobody.
+            _LOGGER.info("Not sent to %s: %s; ending the session", self.name, err)
+            self.stop()
 
     async def _in_player(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self._player, func, *args)
@@ -269,7 +355,7 @@ class _Session(link.LinkHandler):
 
     async def _say(self, sink: AudioSink, story: int, index: int, text: str, block: int,
                    stop: threading.Event) -> bool:
-        audio = await self.host.synthesize(text)
+        audio = await self.host.synthesize(text, priority=BOARD)
         started = time.perf_counter()
         played = await self._in_player(_play, sink, audio.pcm, block, stop)
         _LOGGER.info("Played sentence %d of story %d for %s: %.2f s of audio in %.2f s%s",
@@ -280,17 +366,6 @@ class _Session(link.LinkHandler):
                 "story": story, "index": index, "synth_seconds": audio.synth_seconds,
                 "audio_seconds": audio.seconds}))
         return played
-
-    async def _answer_synthesize(self, text: str) -> None:
-        """A plain Wyoming TTS request: the audio goes back to the asker, not the speaker."""
-        audio = await self.host.synthesize(text)
-        rate = audio.sample_rate
-        await self._send(AudioStart(rate=rate, width=_SAMPLE_WIDTH, channels=1).event())
-        step = int(rate * _CHUNK_SECONDS) * _SAMPLE_WIDTH
-        for offset in range(0, len(audio.pcm), step):
-            await self._send(AudioChunk(rate=rate, width=_SAMPLE_WIDTH, channels=1,
-                                        audio=audio.pcm[offset:offset + step]).event())
-        await self._send(AudioStop().event())
 
     async def disconnect(self) -> None:
         _LOGGER.info("Board %s gone", self.name)
@@ -330,6 +405,9 @@ def register(subparsers) -> None:
     p.add_argument("--wav-dir", default=env("STORYBOT_WAV_DIR"),
                    help="write stories to WAV files here instead of playing them "
                         "[STORYBOT_WAV_DIR] (default: %(default)s)")
+    p.add_argument("--pairing", default=str(seal.default_path()),
+                   help="the pairing secret shared with the boards, made by storybot pair "
+                        "[STORYBOT_PAIRING] (default: %(default)s)")
     p.set_defaults(func=_cmd_voice_host)
 
 
@@ -344,7 +422,15 @@ def _cmd_voice_host(args: argparse.Namespace) -> int:
     if recognizer is None:
         _LOGGER.warning("No Vosk model: prompts cannot be heard, boards tell surprise stories")
     mic_factory = (lambda: WavMic(args.mic_wav, realtime=True)) if args.mic_wav else None
-    host = VoiceHost(settings, synth, recognizer=recognizer, mic_factory=mic_factory)
+    try:
+        secret = seal.load(Path(args.pairing))
+    except seal.NotPaired as err:
+        _LOGGER.warning("Not paired yet (%s): every board is refused. To pair, run "
+                        "`storybot pair` here and `storybot pair --code CODE` on the board "
+                        "with the code it prints, then restart this service", err)
+        secret = b""
+    host = VoiceHost(settings, synth, secret=secret, recognizer=recognizer,
+                     mic_factory=mic_factory)
     standard = wyoserver.from_args(args, host)
 
     async def main() -> None:

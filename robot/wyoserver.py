@@ -40,6 +40,7 @@ from wyoming.info import (AsrModel, AsrProgram, Attribution, HandleModel, Handle
                           TtsProgram, TtsVoice)
 
 from . import __version__, link
+from .link import Refused
 from .listen import ListenSettings
 from .sentences import SentenceBuffer, split_sentences
 from .speech import Audio, UnknownVoiceError, VoiceInfo
@@ -105,13 +106,6 @@ class ClientMic:
     def close(self) -> None:
         pass
 
-
-class Refused(Exception):
-    """What a client asked for cannot be done; the text and code go back as an error."""
-
-    def __init__(self, text: str, code: str) -> None:
-        super().__init__(text)
-        self.code = code
 
 
 class WyomingServer:

@@ -4,12 +4,16 @@ import asyncio
 import contextlib
 import io
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 from buttonlines import FakeLine
-from test_voicehost import FAST, free_port, start_voice_host, stop_task, voice_host, wait_until
+from test_voicehost import (FAST, SECRET, free_port, start_voice_host, stop_task, voice_host,
+                            wait_until)
 from wyoming.event import Event
 
+from robot import board as board_module
 from robot import link
 from robot.ask import ask
 from robot.board import Board, BoardSettings, State
@@ -18,6 +22,7 @@ from robot.engine import Engine
 from robot.wordfilter import WordFilter
 
 PRESS, LONG = ButtonEvent.PRESS, ButtonEvent.LONG_PRESS
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,8 @@ async def running_board(engine, voice_port=None, line=None, words=None, **overri
     settings = BoardSettings(
         control=f"127.0.0.1:{port}", steps=overrides.pop("steps", 48), link=FAST,
         voice_host=f"127.0.0.1:{voice_port}" if voice_port else None, seed=7, **overrides)
-    board = Board(settings, engine, line=line, words=words or WordFilter.default())
+    board = Board(settings, engine, line=line, words=words or WordFilter.default(),
+                  secret=SECRET)
     task = asyncio.create_task(board.run())
     await asyncio.wait_for(board.ready.wait(), 5)
     if voice_port:
@@ -54,7 +60,7 @@ async def told(board, story_id=None, timeout=30):
 
 async def press(board, event=PRESS):
     board.press(event)
-    await asyncio.sleep(0.05)  # the machine takes it in turn
+    await board.settled()
 
 
 @pytest.mark.asyncio
@@ -157,8 +163,8 @@ async def test_a_press_while_telling_stops_the_voice_too(engine, tmp_path):
 class QuietHost(link.LinkHandler):
     """A voice host that never answers a listen, and sends stale and unknown events."""
 
-    def __init__(self, reader, writer):
-        super().__init__(reader, writer, FAST)
+    def __init__(self, reader, writer, session):
+        super().__init__(reader, writer, FAST, session)
         asyncio.get_running_loop().create_task(self._junk())
 
     async def _junk(self):
@@ -177,7 +183,7 @@ class QuietHost(link.LinkHandler):
 @pytest.mark.asyncio
 async def test_listening_times_out_and_a_stuck_host_is_given_up_on(engine, caplog):
     port = free_port()
-    server = link.LinkServer("127.0.0.1", port, QuietHost, FAST)
+    server = link.LinkServer("127.0.0.1", port, QuietHost, FAST, SECRET)
     task = asyncio.create_task(server.run())
     try:
         async with running_board(engine, voice_port=port, listen_seconds=0.3,
@@ -225,14 +231,68 @@ async def test_the_voice_host_dies_mid_story_and_comes_back(engine, tmp_path, ca
 
 @pytest.mark.asyncio
 async def test_a_mashed_button_starts_one_story(engine):
+    # The guard spans the whole test, so how fast the watcher samples cannot matter: the
+    # first press it sees counts, every later one is swallowed.
     line = FakeLine()
-    async with running_board(engine, line=line, button=ButtonSettings(line=0)) as (board, _):
+    button = ButtonSettings(line=0, guard_seconds=3600)
+    async with running_board(engine, line=line, button=button) as (board, _):
+        while board.state is State.IDLE:  # press until the board has seen one
+            line.level = True
+            await asyncio.sleep(0.1)
+            line.level = False
+            await asyncio.sleep(0.1)
         for _ in range(12):
             line.level = True
             await asyncio.sleep(0.04)
             line.level = False
             await asyncio.sleep(0.04)
         story = await told(board)
-        await asyncio.sleep(0.6)  # past the guard: nothing more comes
         assert board.story is story and board.state is State.IDLE
     assert story.id == 1 and story.shaped.source == "surprise"
+
+
+@pytest.mark.asyncio
+async def test_a_failed_story_is_an_error_to_the_asker(engine, capsys):
+    async with running_board(engine) as (board, address):
+        code = await ask(address, "Once upon a time " * 200, FAST, out=io.StringIO())
+        await told(board)
+    assert code == 1
+    assert "error: story 1 failed:" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+async def test_the_echoed_opening_passes_the_word_filter(engine, capsys):
+    async with running_board(engine, steps=40) as (board, address):
+        code = await ask(address, "Once upon a time, a damn cat", FAST, out=io.StringIO())
+        await told(board)
+    err = capsys.readouterr().err
+    assert code == 0 and "(passthrough): Once upon a time, a cat" in err and "damn" not in err
+
+
+@pytest.mark.asyncio
+async def test_a_control_port_off_loopback_wants_the_pairing(engine, monkeypatch, capsys):
+    # As if bound to the network (the test stays on loopback): the board seals the port.
+    monkeypatch.setattr(board_module, "is_loopback", lambda host: False)
+    async with running_board(engine, steps=40) as (board, address):
+        refused = await ask(address, "Once upon a time", FAST, out=io.StringIO())
+        wrong = ask(address, "Once upon a time", FAST, secret=b"\1" * 32)
+        with pytest.raises(OSError, match="does not hold our pairing secret"):
+            await wrong
+        out = io.StringIO()
+        told_code = await ask(address, "Once upon a time", FAST, out=out, secret=SECRET)
+        story = await told(board)
+    assert refused == 1 and "pair both machines" in capsys.readouterr().err
+    assert told_code == 0 and out.getvalue().splitlines() == story.sentences
+
+
+@pytest.mark.asyncio
+async def test_storybot_ask_into_head_is_no_error(engine):
+    async with running_board(engine, steps=256) as (board, address):
+        proc = await asyncio.create_subprocess_shell(
+            f"set -o pipefail; {sys.executable} -m robot.cli ask --board {address} "
+            f"'Once upon a time' 2>&1 | head -1", executable="/bin/bash",
+            stdout=asyncio.subprocess.PIPE, cwd=REPO)
+        out, _ = await proc.communicate()
+        await told(board, timeout=60)
+    assert proc.returncode == 0, out
+    assert out.decode().startswith("story 1") and b"rror" not in out

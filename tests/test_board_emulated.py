@@ -24,7 +24,7 @@ from conftest_audio import joe_synthesizer
 from test_install import board_bundle, need, userland  # noqa: F401  (board_bundle: fixture)
 from test_voicehost import wav_seconds
 
-from robot import link
+from robot import link, seal
 from robot.dev import bench, bundle
 from robot.engine import Engine, Params
 from robot.story import Story, is_complete
@@ -178,16 +178,20 @@ async def ask_for(control: str, prompt: str) -> list:
 async def test_the_board_daemon_tells_the_voice_host_the_x86_story(release, root, cli, tmp_path):
     synth = Recording()
     port = bundle.free_port()
-    host = VoiceHost(VoiceHostSettings(host="127.0.0.1", port=port, wav_dir=str(tmp_path)), synth)
+    secret = seal.new_secret()
+    seal.save(tmp_path / "pairing.key", secret)  # the board reads it; the host is given it
+    host = VoiceHost(VoiceHostSettings(host="127.0.0.1", port=port, wav_dir=str(tmp_path)), synth,
+                     secret=secret)
     host_task = asyncio.create_task(host.run())
     await asyncio.wait_for(host.server.listening.wait(), 10)
     control = f"127.0.0.1:{bundle.free_port()}"
     daemon = bundle.Daemon(bundle.serve_argv(root, control, "--voice-host", f"127.0.0.1:{port}",
-                                             "--steps", str(STEPS), "--temperature", "0"),
+                                             "--steps", str(STEPS), "--temperature", "0",
+                                             "--pairing", str(tmp_path / "pairing.key")),
                            bundle.board_env(release), cwd=tmp_path)
     try:
         await asyncio.to_thread(daemon.wait_for, "Ready:", 300)
-        await asyncio.to_thread(daemon.wait_for, f"Connected to 127.0.0.1:{port}", 60)
+        await asyncio.to_thread(daemon.wait_for, f"Connected to 127.0.0.1:{port} (paired", 60)
         events = await ask_for(control, TOLD)
         await asyncio.to_thread(daemon.wait_for, "State: telling -> idle", 60)
     finally:

@@ -17,8 +17,9 @@ import wave
 import pytest
 from buttonlines import FakeLine
 from test_board import engine, running_board, told  # noqa: F401  (engine is a fixture)
-from test_voicehost import voice_host, wav_seconds
+from test_voicehost import ScriptedBoard, voice_host, wait_until, wav_seconds
 
+from robot import link
 from robot.button import ButtonSettings
 from robot.listen import ListenSettings, Recognizer, WavMic, model_dir
 
@@ -122,3 +123,29 @@ def test_model_dir_checks_what_it_is_given(tmp_path):
     assert (model_dir("ko") / "conf" / "model.conf").is_file()
     with pytest.raises(FileNotFoundError):
         model_dir(str(tmp_path))
+
+
+class QuietRoom(Silence):
+    """Silence at the pace of a real microphone."""
+
+    def read(self, frames):
+        time.sleep(frames / self.sample_rate)
+        return super().read(frames)
+
+
+@pytest.mark.asyncio
+async def test_the_microphone_serves_one_board_at_a_time(recognizer, tmp_path):
+    async with voice_host(tmp_path, recognizer=recognizer, mic_factory=QuietRoom) \
+            as (host, port):
+        first, second = ScriptedBoard(port), ScriptedBoard(port)
+        try:
+            await first.send(link.LISTEN, listen=1, seconds=2)
+            await wait_until(host._mic.locked)
+            await second.send(link.LISTEN, listen=7, seconds=2)
+            refused = await second.next(link.ERROR)
+            heard = await first.next(link.TRANSCRIPT)
+        finally:
+            await first.close()
+            await second.close()
+    assert refused.data["code"] == "mic-busy" and refused.data["listen"] == 7
+    assert heard.data == {"text": "", "listen": 1}

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_voicehost import FAST, free_port
+from test_voicehost import FAST, SECRET, free_port
 
-from robot import service
+from robot import link, seal, service
 from robot.ask import ask
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,13 +166,25 @@ def socket_open(port):
 
 def test_the_voice_host_stops_cleanly_on_sigterm(notify_socket, tmp_path):
     port = free_port()
+    seal.save(tmp_path / "pairing.key", SECRET)
     proc = storybot("voice-host", "--host", "127.0.0.1", "--port", str(port),
-                    "--wav-dir", str(tmp_path))
+                    "--wav-dir", str(tmp_path), "--pairing", str(tmp_path / "pairing.key"))
+
+    async def paired_board_then_terminate():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        stream = link.Stream(reader, writer, FAST)
+        board = link.SealedPeer(stream, await link.pair(stream, SECRET, is_client=True))
+        await board.write_event(link.Event(link.PING))
+        while (await board.read_event()).type != link.PONG:  # the host took the pairing
+            pass
+        proc.send_signal(signal.SIGTERM)  # while a paired board is connected
+        result = await asyncio.to_thread(proc.communicate, timeout=20)
+        writer.close()
+        return result
+
     try:
         wait_for(lambda: any(m.startswith("READY=1") for m in notify_socket()))
-        with socket.create_connection(("127.0.0.1", port)):  # a board is connected
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=20)
+        out, err = asyncio.run(paired_board_then_terminate())
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -258,7 +270,8 @@ def test_the_env_file_sets_only_known_flags():
     names = {line.split("=", 1)[0].lstrip("#")
              for line in (SYSTEMD / "storybot.env").read_text().splitlines()
              if line.lstrip("#").startswith("STORYBOT_")}
-    used = "".join((REPO / "robot" / f).read_text() for f in ("board.py", "voicehost.py"))
+    used = "".join((REPO / "robot" / f).read_text()
+                   for f in ("board.py", "voicehost.py", "seal.py"))
     used += (REPO / "robot" / "models.py").read_text()
     assert names and all(f'"{name}"' in used for name in names), names
 

@@ -2,23 +2,28 @@
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import socket
 import threading
+import types
 import wave
 
 import pytest
 from conftest_audio import joe_synthesizer
-from wyoming.event import Event, async_write_event
+from wyoming.event import Event
 
 from robot import link
 from robot.audio import WavSink
+from robot import voicehost
 from robot.voicehost import VoiceHost, VoiceHostSettings
 
 FAST = link.LinkSettings(ping_seconds=0.1, dead_after_seconds=2.0, backoff_seconds=0.05,
                          max_backoff_seconds=0.2, write_timeout_seconds=1.0)
 SENTENCES = ["Once upon a time, there was a cat.", "The cat liked milk.", "The end."]
+SECRET = bytes(range(32))
+"""The pairing secret of the test voice hosts and boards."""
 
 
 def free_port() -> int:
@@ -29,6 +34,7 @@ def free_port() -> int:
 
 async def start_voice_host(tmp_path, port, settings=FAST, **kwargs):
     """A real voice host on loopback, writing each story to a WAV file in tmp_path."""
+    kwargs.setdefault("secret", SECRET)
     host = VoiceHost(VoiceHostSettings(host="127.0.0.1", port=port, wav_dir=str(tmp_path),
                                        link=settings), joe_synthesizer(), **kwargs)
     task = asyncio.create_task(host.run())
@@ -55,9 +61,9 @@ async def voice_host(tmp_path, port=None, settings=FAST, **kwargs):
 class ScriptedBoard:
     """Speaks the board's side of the protocol from a script, and records the answers."""
 
-    def __init__(self, port, settings=FAST):
+    def __init__(self, port, settings=FAST, secret=SECRET, host="127.0.0.1"):
         self.events: asyncio.Queue = asyncio.Queue()
-        self.client = link.LinkClient("127.0.0.1", port, self._handle, settings)
+        self.client = link.LinkClient(host, port, self._handle, settings, secret=secret)
         self.task = asyncio.create_task(self.client.run())
 
     async def _handle(self, event):
@@ -209,9 +215,11 @@ async def test_a_board_that_vanishes_while_the_host_speaks(tmp_path, caplog):
 async def test_a_board_that_goes_silent_is_dropped_by_the_ping_timeout(tmp_path, caplog):
     async with voice_host(tmp_path) as (host, port):
         reader, writer = await raw_connection(port)
+        stream = link.Stream(reader, writer, FAST)
+        board = link.SealedPeer(stream, await link.pair(stream, SECRET, is_client=True))
         for event in (Event(link.STORY_START, {"story": 1, "opening": "x"}),
                       Event(link.STORY_SENTENCE, {"story": 1, "index": 0, "text": SENTENCES[0]})):
-            await async_write_event(event, writer)
+            await board.write_event(event)
         # Then nothing: no pongs, no pings, the socket left open (a board that froze).
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -222,20 +230,64 @@ async def test_a_board_that_goes_silent_is_dropped_by_the_ping_timeout(tmp_path,
 
 
 @pytest.mark.asyncio
-async def test_plain_wyoming_synthesize_is_answered_with_audio(tmp_path):
+async def test_sentences_over_the_limits_get_an_error_and_the_story_goes_on(tmp_path):
+    told = ["Hello.", "x" * 401, "Bad \ud800 text.", "Go to hell.", "Bye."]
     async with voice_host(tmp_path) as (_, port):
         board = ScriptedBoard(port)
         try:
-            await board.send(link.SYNTHESIZE, text="Hello there.")
-            start = await board.next()
-            chunks = []
-            while (event := await board.next()).type == "audio-chunk":
-                chunks.append(event.payload)
+            await board.send(link.STORY_START, story=1, opening="x", source="test")
+            for index, text in enumerate(told):
+                await board.send(link.STORY_SENTENCE, story=1, index=index, text=text)
+            await board.send(link.STORY_END, story=1, sentences=len(told))
+            await board.send(link.SYNTHESIZE, text="Not on a board's link.")
+            events = []
+            while (event := await board.next()).type != link.STORY_DONE:
+                events.append(event)
         finally:
             await board.close()
-    assert start.type == "audio-start" and start.data["rate"] == 22050
-    assert event.type == "audio-stop"
-    assert 0.5 < sum(map(len, chunks)) / 2 / 22050 < 3
+    errors = {e.data["index"]: e.data["code"] for e in events if e.type == link.ERROR}
+    assert errors == {1: "too-long", 2: "bad-text", 3: "blocked"}
+    assert [e.data["index"] for e in events if e.type == link.STORY_SPOKEN] == [0, 4]
+    assert event.data == {"story": 1, "spoken": 2, "cancelled": False}
+
+
+@pytest.mark.asyncio
+async def test_a_full_queue_refuses_sentences_with_an_error(tmp_path):
+    settings = VoiceHostSettings(host="127.0.0.1", queue_sentences=2, wav_dir=str(tmp_path),
+                                 link=FAST)
+    async with voice_host(tmp_path) as (host, port):
+        host.settings = settings
+        board = ScriptedBoard(port)
+        try:
+            await board.send(link.STORY_START, story=1, opening="x", source="test")
+            for index in range(6):
+                await board.send(link.STORY_SENTENCE, story=1, index=index, text="The end.")
+            error = await board.next(link.ERROR)
+        finally:
+            await board.close()
+    assert error.data["code"] == "queue-full" and error.data["index"] >= 2
+
+
+@pytest.mark.asyncio
+async def test_a_board_goes_before_other_clients():
+    turns, order = voicehost.Turns(), []
+    gate = asyncio.Event()
+
+    async def job(name, priority):
+        async with turns.turn(priority):
+            order.append(name)
+            await gate.wait()
+
+    first = asyncio.create_task(job("first", voicehost.OTHER))
+    await asyncio.sleep(0)
+    others = [asyncio.create_task(job(f"other{i}", voicehost.OTHER)) for i in range(3)]
+    await asyncio.sleep(0)
+    others[1].cancel()  # a client that went away gives up its place
+    board = asyncio.create_task(job("board", voicehost.BOARD))
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(first, board, *others, return_exceptions=True)
+    assert order == ["first", "board", "other0", "other2"]
 
 
 @pytest.mark.asyncio
@@ -254,7 +306,8 @@ async def test_listen_without_a_recognizer_hears_nothing_at_once(tmp_path):
 async def test_one_host_serves_eight_boards_in_order(tmp_path):
     stories = {b: [f"Board {b} says {word}." for word in ("one", "two", "three", "four")]
                for b in range(8)}
-    async with voice_host(tmp_path) as (_, port):
+    settings = dataclasses.replace(FAST, max_connections_per_peer=8)  # all on 127.0.0.1
+    async with voice_host(tmp_path, settings=settings) as (_, port):
         boards = [ScriptedBoard(port) for _ in stories]
         try:
             results = await asyncio.gather(*(board.tell(10 + b, stories[b])
@@ -286,3 +339,25 @@ async def test_a_broken_speaker_ends_the_story_not_the_session(tmp_path, caplog)
     assert working[1] == {"story": 2, "spoken": 1, "cancelled": False}
     assert "Could not speak story 1" in caplog.text
     assert [p.name for p in tmp_path.iterdir()] == ["b.wav"]
+
+
+@pytest.mark.asyncio
+async def test_a_boards_sentence_goes_to_piper_before_other_clients_text(tmp_path):
+    said = []
+    async with voice_host(tmp_path) as (host, port):
+        voice = host.synth
+        host.synth = types.SimpleNamespace(  # the real voice, noting what it is asked
+            sample_rate=voice.sample_rate,
+            synthesize=lambda text: (said.append(text), voice.synthesize(text))[1])
+        board = ScriptedBoard(port)
+        try:
+            await asyncio.wait_for(board.client.up.wait(), 10)
+            long = "Another client has a great deal to say about the weather today. " * 3
+            others = [asyncio.create_task(host.synthesize(f"{n}. {long}")) for n in range(3)]
+            await wait_until(lambda: said)  # the first of them has Piper
+            spoken, done = await board.tell(1, ["The board speaks."])
+            await asyncio.gather(*others)
+        finally:
+            await board.close()
+    assert said.index("The board speaks.") == 1 and len(said) == 4
+    assert done["spoken"] == 1
