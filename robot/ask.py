@@ -9,7 +9,8 @@ import os
 import sys
 
 from . import link, seal
-from .board import DEFAULT_CONTROL_PORT, is_loopback
+from .board import DEFAULT_CONTROL_PORT
+from .link import is_loopback
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -23,17 +24,7 @@ async def ask(address: str, prompt: str, settings: link.LinkSettings = link.Link
     host, port = link.parse_address(address)
     if secret is None and not is_loopback(host):
         secret = seal.load()
-    client = link.BoundedTcpClient(host, port, settings)
-    await client.connect()
-    peer = client
-    if secret is not None:
-        try:
-            peer = link.SealedPeer(client, await link.within(
-                link.pair(client, secret, is_client=True), settings.pairing_seconds))
-        except BaseException:
-            await client.disconnect()
-            raise
-    conn = link.Link(peer, settings, f"board {host}:{port}")
+    client, conn = await link.open_link(host, port, settings, secret, f"board {host}:{port}")
     outcome = {"code": 1}
 
     async def handle(event: link.Event) -> bool:

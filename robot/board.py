@@ -34,7 +34,7 @@ from pathlib import Path
 from . import link, seal
 from .button import ButtonEvent, ButtonSettings, ButtonWatcher, Line
 from .engine import Engine
-from .link import Event
+from .link import Event, is_loopback
 from .prompts import Shaped, describe, shape_prompt
 from .story import Story, StorySettings
 from .wordfilter import WordFilter
@@ -451,10 +451,6 @@ class Board:
             story.failed = f"story {story.id} failed: {err}"
         finally:
             put(_END)
-
-
-def is_loopback(host: str) -> bool:
-    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 async def _send_or_forget(peer: link.Link, event: Event) -> None:

@@ -161,6 +161,10 @@ async def write_event(writer: asyncio.StreamWriter, event: Event) -> None:
     await writer.drain()
 
 
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """("host", port) from "HOST:PORT" or ":PORT"; "[::1]:PORT" for IPv6."""
     host, sep, port = text.rpartition(":")
@@ -565,6 +569,23 @@ async def _close(client: BoundedTcpClient) -> None:
 def _jitter(seconds: float) -> float:
     # Several boards dropped by one voice host restart should not all knock at once.
     return seconds * random.uniform(0.8, 1.2)
+
+
+async def open_link(host: str, port: int, settings: LinkSettings, secret: bytes | None,
+                    name: str) -> tuple[BoundedTcpClient, Link]:
+    """A client's link to host:port, paired and sealed when secret is given (else plain);
+    the caller disconnects the client when done."""
+    client = BoundedTcpClient(host, port, settings)
+    await client.connect()
+    peer = client
+    if secret is not None:
+        try:
+            peer = SealedPeer(client, await within(pair(client, secret, is_client=True),
+                                                   settings.pairing_seconds))
+        except BaseException:
+            await client.disconnect()
+            raise
+    return client, Link(peer, settings, name)
 
 
 class LinkHandler:

@@ -118,6 +118,7 @@ class VoiceHost:
         """secret: the pairing secret (robot.seal); b"" (not paired yet) refuses every
         board."""
         self.settings = settings
+        self.secret = secret
         self.synth = synth
         self.words = words or WordFilter.default()
         self.recognizer = recognizer

@@ -40,7 +40,7 @@ from wyoming.info import (AsrModel, AsrProgram, Attribution, HandleModel, Handle
                           TtsProgram, TtsVoice)
 
 from . import __version__, link
-from .link import Refused
+from .link import Refused, is_loopback
 from .listen import ListenSettings
 from .sentences import SentenceBuffer, split_sentences
 from .speech import Audio, UnknownVoiceError, VoiceInfo
@@ -113,9 +113,12 @@ class WyomingServer:
 
     def __init__(self, settings: WyomingSettings, synthesize: Synthesize,
                  voices: dict[str, VoiceInfo], *, recognizer=None,
-                 asr_models: list[dict] | None = None, words: WordFilter | None = None) -> None:
+                 asr_models: list[dict] | None = None, words: WordFilter | None = None,
+                 secret: bytes | None = None) -> None:
         """voices: what synthesize may be asked for; recognizer: a listen.Recognizer (or
-        remote.RemoteRecognizer) or None; asr_models: [{"name", "languages"}] to advertise."""
+        remote.RemoteRecognizer) or None; asr_models: [{"name", "languages"}] to advertise;
+        secret: the pairing secret, for a story board that is not on loopback."""
+        self.secret = secret
         self.settings = settings
         self.synthesize = synthesize
         self.voices = voices
@@ -140,7 +143,9 @@ class WyomingServer:
         address = getattr(address, "ipv4_mapped", None) or address
         return any(address in network for network in self._allow)
 
-    def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Client:
+    def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                session: None) -> _Client:
+        # Wyoming has no authentication: no session here (the address allow-list decides)
         return _Client(reader, writer, self)
 
     async def run(self) -> None:
@@ -207,6 +212,8 @@ class _Client(link.LinkHandler):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  server: WyomingServer) -> None:
         super().__init__(reader, writer, server.settings.link)
+        # plain, bounded events: this listener skips the board link's pings and timeout
+        self._plain = link.Stream(reader, writer, server.settings.link)
         self.server = server
         self.settings = server.settings
         self.name = self.link.name
@@ -232,7 +239,7 @@ class _Client(link.LinkHandler):
             _LOGGER.info("Wyoming client %s connected", self.name)
             while True:
                 try:
-                    event = await link.within(self.read_event(), self.settings.idle_seconds)
+                    event = await link.within(self._plain.read_event(), self.settings.idle_seconds)
                 except (asyncio.TimeoutError, OSError):
                     break
                 if event is None:
@@ -389,7 +396,9 @@ class _Client(link.LinkHandler):
             await self._send("not-handled", {"text": "This voice host tells no stories."})
             return
         host, port = link.parse_address(board)
-        client = link.BoundedTcpClient(host, port, self.settings.link)
+        # a board's control port off loopback wants the pairing the boards' link uses
+        secret = None if is_loopback(host) else self.server.secret
+        client = None
         sentences: list[str] = []
         problem: list[str] = []
 
@@ -404,14 +413,15 @@ class _Client(link.LinkHandler):
             return True
 
         try:
-            await client.connect()
-            conn = link.Link(client, self.settings.link, f"board {board}")
+            client, conn = await link.open_link(host, port, self.settings.link, secret,
+                                                f"board {board}")
             await conn.send(link.Event(link.STORY_REQUEST, {"text": prompt}))
             await link.within(conn.run(handle), self.settings.story_timeout_seconds)
         except (OSError, asyncio.TimeoutError) as err:
             problem.append(f"the story teller is not reachable ({err!r})")
         finally:
-            await client.disconnect()
+            if client is not None:
+                await client.disconnect()
         if sentences and not problem:
             await self._send("handled", {"text": " ".join(sentences)})
         else:
@@ -507,4 +517,5 @@ def from_args(args, host) -> WyomingServer | None:
         WyomingSettings(host=address, port=port, story_board=args.stories,
                         allow=tuple(args.wyoming_allow)),
         lambda text, voice: host.synthesize(text, voice=voice), host.synth.voices,
-        recognizer=host.recognizer, asr_models=asr_models(host.recognizer))
+        recognizer=host.recognizer, asr_models=asr_models(host.recognizer),
+        secret=host.secret or None)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_board import engine, running_board, told  # noqa: F401  (engine is a fixture)
 from test_e2e_appliance import hangul, spoken_prompt  # noqa: F401  (a fixture)
-from test_voicehost import FAST, free_port, wav_seconds
+from test_voicehost import FAST, SECRET, free_port, wav_seconds
 from test_wyoming import wyoming_server
 from wyoming.asr import Transcript
 from wyoming.client import AsyncTcpClient
@@ -157,7 +157,7 @@ async def test_a_board_tells_stories_through_delegated_speech(
     await asyncio.to_thread(recognizer.connect)
     voice_port = free_port()
     host = VoiceHost(VoiceHostSettings(host="127.0.0.1", port=voice_port, wav_dir=str(tmp_path),
-                                       link=FAST), synth, recognizer=recognizer,
+                                       link=FAST), synth, secret=SECRET, recognizer=recognizer,
                      mic_factory=lambda: WavMic(spoken_prompt))
     host_task = asyncio.create_task(host.run())
     await asyncio.wait_for(host.server.listening.wait(), 10)

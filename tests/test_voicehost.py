@@ -345,10 +345,10 @@ async def test_a_broken_speaker_ends_the_story_not_the_session(tmp_path, caplog)
 async def test_a_boards_sentence_goes_to_piper_before_other_clients_text(tmp_path):
     said = []
     async with voice_host(tmp_path) as (host, port):
-        voice = host.synth
+        real = host.synth
         host.synth = types.SimpleNamespace(  # the real voice, noting what it is asked
-            sample_rate=voice.sample_rate,
-            synthesize=lambda text: (said.append(text), voice.synthesize(text))[1])
+            sample_rate=real.sample_rate,
+            synthesize=lambda text, voice=None: (said.append(text), real.synthesize(text))[1])
         board = ScriptedBoard(port)
         try:
             await asyncio.wait_for(board.client.up.wait(), 10)
