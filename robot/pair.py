@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 def _cmd_pair(args: argparse.Namespace) -> int:
     path = Path(args.file)
     secret = seal.from_code(args.code) if args.code else seal.new_secret()
-    if path.exists() and not args.force:
+    if path.exists() and path.stat().st_size and not args.force:
         try:
             same = seal.load(path) == secret
         except ValueError:

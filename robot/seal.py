@@ -149,6 +149,9 @@ def load(path: Path | None = None) -> bytes:
     if mode & 0o077:
         raise ValueError(f"{path} is readable by others (mode {mode & 0o777:o}); "
                          f"chmod 600 it, or pair again")
+    if not text.strip():
+        # the place kept for a secret (a systemd credential's file must exist to start)
+        raise NotPaired(f"{path} is empty: not paired yet")
     return from_code(text.strip())
 
 

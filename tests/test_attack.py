@@ -264,6 +264,18 @@ def test_the_cli_pairs_two_machines_with_one_code(tmp_path):
     assert again.returncode == 1 and "--force" in again.stderr  # a pairing is not lost
 
 
+def test_an_empty_secret_file_is_a_place_kept_for_pairing(tmp_path):
+    """The units load the secret as a systemd credential, whose file must exist before
+    pairing: empty, it means not paired yet, and storybot pair fills it."""
+    kept = tmp_path / "pairing.key"
+    kept.touch(mode=0o600)
+    with pytest.raises(seal.NotPaired, match="not paired yet"):
+        seal.load(kept)
+    subprocess.run([sys.executable, "-m", "robot.cli", "pair", "--file", str(kept)],
+                   check=True, capture_output=True)
+    assert len(seal.load(kept)) == seal.SECRET_BYTES
+
+
 def test_the_voice_host_starts_unpaired_with_todays_flags_and_says_how_to_pair(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(HERE.parent),
            "STORYBOT_PAIRING": str(tmp_path / "none.key")}
