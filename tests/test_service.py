@@ -271,7 +271,7 @@ def test_the_env_file_sets_only_known_flags():
              for line in (SYSTEMD / "storybot.env").read_text().splitlines()
              if line.lstrip("#").startswith("STORYBOT_")}
     used = "".join((REPO / "robot" / f).read_text()
-                   for f in ("board.py", "voicehost.py", "seal.py"))
+                   for f in ("board.py", "voicehost.py", "seal.py", "wyoserver.py"))
     used += (REPO / "robot" / "models.py").read_text()
     assert names and all(f'"{name}"' in used for name in names), names
 
