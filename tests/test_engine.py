@@ -170,6 +170,7 @@ def _rss_kb() -> int:
     raise RuntimeError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_no_leak_over_1000_contexts(tmp_path, tokenizer_path):
     """Create, generate with and free a context 1000 times: RSS stays flat."""
     small = write_model(tmp_path / "small.bin")

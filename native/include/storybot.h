@@ -112,7 +112,8 @@ void sb_free(sb_context *ctx);
  * number `story`, a number the caller picks, growing from story to story (several
  * starts may share one, e.g. a story told in several contexts). The first sb_next() then returns the
  * first prompt token after BOS. A prompt longer than the context is run as far as the
- * steps go (as run.c does); one too long to fit even in the longest tokens is refused. */
+ * steps go (as run.c does); one whose encoding needs more memory than the limit leaves
+ * is refused (SB_ERR_NOMEM). */
 sb_status sb_start(sb_context *ctx, uint64_t story, const char *prompt);
 /* Runs one position and returns its token: SB_OK with *out filled, or SB_END with
  * out->id = -1, out->pos = the number of positions run in this story and
