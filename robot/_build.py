@@ -1,6 +1,6 @@
 """cffi build script: compiles the native library into the extension robot._native."""
+import importlib.util
 import os
-import re
 from pathlib import Path
 
 from cffi import FFI
@@ -11,21 +11,15 @@ HEADER = NATIVE / "include" / "storybot.h"
 # Internal entry points for tests only (kernel checks); kept out of the public header.
 TESTHOOKS = NATIVE / "src" / "testhooks.h"
 
-
-def _cdef(header: Path = HEADER) -> str:
-    """The header minus what cdef cannot parse (preprocessor lines, attributes)."""
-    text = header.read_text()
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    lines = [
-        ln for ln in text.splitlines()
-        if not ln.lstrip().startswith("#") and "extern \"C\"" not in ln and ln.strip() != "}"
-    ]
-    return "\n".join(lines)
-
+# setuptools runs this file as a script, where the robot package is not importable:
+# the header-to-cdef step that the ABI mode shares is loaded by its path.
+_spec = importlib.util.spec_from_file_location("_cdef", ROOT / "robot" / "_cdef.py")
+_cdef = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_cdef)
 
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef())
-ffibuilder.cdef(_cdef(TESTHOOKS))
+ffibuilder.cdef(_cdef.cdef_from_header(HEADER))
+ffibuilder.cdef(_cdef.cdef_from_header(TESTHOOKS))
 ffibuilder.set_source(
     "robot._native",
     '#include "storybot.h"\n#include "testhooks.h"',

@@ -1,4 +1,5 @@
-"""The cffi declarations of a C header: the header minus what cdef cannot parse."""
+"""The cffi declarations of a C header, for both the API-mode build (_build.py) and the
+ABI-mode fallback (_abi.py): the header minus what cdef cannot parse."""
 import re
 from pathlib import Path
 

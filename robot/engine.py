@@ -2,7 +2,8 @@
 
 This is the only module that touches ``lib``. A story is a generator of tokens; the
 library releases the GIL inside each call, so a worker thread can generate while other
-threads synthesize and play audio.
+threads synthesize and play audio. Stories are numbered, so that a stop names the story
+it is for and is kept even when it comes before that story starts.
 """
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ class Params:
     """KV cache in IEEE half precision (half its memory, no longer bit-exact); None: half
     for quantized models where the CPU converts halves in vector instructions (x86), else
     fp32; the fp32 model stays fp32 (and exact)."""
+    mem_limit: int = 0
+    """Bytes the engine may allocate for its buffers (weight copies, KV cache, activations,
+    logits), checked before allocating; 0: what the machine can give when the model is
+    opened (the least of physical RAM, MemAvailable and the cgroup's memory.max headroom)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class Stats:
     token_times: List[float] = field(default_factory=list)
     finish_reason: str = ""
     """"end" (the model ended the story with BOS), "length" (the step budget or the
-    context ran out, possibly mid-sentence) or "stopped" (stop() was called)."""
+    context ran out, possibly mid-sentence) or "stopped" (stop() ended it)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -122,6 +127,8 @@ def _native_params(params: Params):
         raise ValueError(f"kernels must be 'auto' or 'generic', not {params.kernels!r}")
     if not 0 <= params.seed < 2**64:
         raise ValueError(f"seed {params.seed} must be in [0, 2**64)")
+    if not 0 <= params.mem_limit < 2**63:
+        raise ValueError(f"mem_limit {params.mem_limit} must be in [0, 2**63)")
     p = ffi.new("sb_params *", lib.sb_default_params())
     p.temperature = params.temperature
     p.topp = params.topp
@@ -132,6 +139,7 @@ def _native_params(params: Params):
     p.kernels = lib.SB_KERNELS_GENERIC if params.kernels == "generic" else lib.SB_KERNELS_AUTO
     p.n_threads = params.n_threads
     p.kv_fp16 = -1 if params.kv_fp16 is None else int(params.kv_fp16)
+    p.mem_limit = params.mem_limit
     return p
 
 
@@ -144,8 +152,17 @@ def _prompt_bytes(prompt: Union[str, bytes, None]) -> bytes:
     return data
 
 
+_FIXED = ("kernels", "n_threads", "kv_fp16", "mem_limit")  # chosen when the model is opened
+
+
 class Engine:
-    """A loaded model and tokenizer; tells one story at a time."""
+    """A loaded model and tokenizer; tells one story at a time.
+
+    One lock covers every call that uses the context's buffers (starting a story, each
+    of its tokens, tokenize(), score(), close()), so threads may share an engine; a
+    story started (or a tokenize()/score()) by another thread ends the older story's
+    generator with an EngineError. stop() takes no lock: it is heard mid-token.
+    """
 
     def __init__(self, model: PathLike, tokenizer: PathLike, params: Params = Params()):
         err = ffi.new("char[]", 256)
@@ -156,9 +173,11 @@ class Engine:
         if status != lib.SB_OK:
             raise EngineError(status, ffi.string(err).decode("utf-8", "replace"))
         self._ctx = ffi.gc(out[0], lib.sb_free)
-        self._story = 0  # bumped by each story; an older generator then refuses to go on
-        self._stopped = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the context's buffers
+        self._life = threading.Lock()  # close() against stop()
+        self._epoch = 0  # bumped by each use of the buffers; an older story then refuses to go on
+        self._numbers = threading.Lock()
+        self._last_number = 0  # the highest story number handed out
         self.stats = Stats()
         info = ffi.new("sb_model_info *")
         _check(lib.sb_model_info_get(self._ctx, info), self._ctx)
@@ -170,10 +189,12 @@ class Engine:
         _LOGGER.debug("loaded %s: %s", model, self.info)
 
     def close(self) -> None:
-        """Frees the native context now rather than at garbage collection."""
-        if self._ctx is not None:
-            ffi.release(self._ctx)
-            self._ctx = None
+        """Frees the native context now rather than at garbage collection; a story being
+        generated in another thread first finishes its token."""
+        with self._lock, self._life:
+            if self._ctx is not None:
+                ffi.release(self._ctx)
+                self._ctx = None
 
     def __enter__(self) -> "Engine":
         return self
@@ -186,66 +207,78 @@ class Engine:
             raise EngineError(lib.SB_ERR_STATE, "the engine is closed")
         return self._ctx
 
-    def tokens(self, prompt: Union[str, bytes, None] = None,
-               params: Optional[Params] = None) -> Iterator[Token]:
-        """Starts a story and yields its tokens; the prompt's own tokens come first."""
-        ctx = self._context()
-        with self._lock:
-            if params is not None:
-                if ((params.kernels, params.n_threads, params.kv_fp16)
-                        != (self.params.kernels, self.params.n_threads, self.params.kv_fp16)):
-                    raise ValueError("kernels, threads and the KV cache type are chosen when "
-                                     "the engine is created")
-                _check(lib.sb_reset(ctx, _native_params(params)), ctx)
-                self.params = params
-            else:
-                _check(lib.sb_reset(ctx, _native_params(self.params)), ctx)
-            _check(lib.sb_start(ctx, _prompt_bytes(prompt)), ctx)
-            self._stopped = False
-            self._story += 1
-            story = self._story
-        return self._run(ctx, story)
+    def new_story(self) -> int:
+        """A number for the next story, higher than any before: give it to tokens() or
+        generate(), and stop(number) ends that story even if it has not started yet."""
+        with self._numbers:
+            self._last_number += 1
+            return self._last_number
 
-    def _run(self, ctx, story: int) -> Iterator[Token]:
+    def tokens(self, prompt: Union[str, bytes, None] = None,
+               params: Optional[Params] = None, story: Optional[int] = None) -> Iterator[Token]:
+        """Starts a story and yields its tokens; the prompt's own tokens come first.
+
+        story: its number from new_story() (a story told in several contexts may reuse
+        it); None takes a new one.
+        """
+        if params is not None and any(getattr(params, f) != getattr(self.params, f)
+                                      for f in _FIXED):
+            raise ValueError("kernels, threads, the KV cache type and the memory limit are "
+                             "chosen when the engine is created")
+        if story is None:
+            story = self.new_story()
+        elif not 0 < story <= self._last_number:
+            raise ValueError(f"story {story} was not numbered by new_story()")
+        with self._lock:
+            ctx = self._context()
+            _check(lib.sb_reset(ctx, _native_params(params or self.params)), ctx)
+            self.params = params or self.params
+            _check(lib.sb_start(ctx, story, _prompt_bytes(prompt)), ctx)
+            self._epoch += 1
+            epoch = self._epoch
+        return self._run(epoch)
+
+    def _run(self, epoch: int) -> Iterator[Token]:
         tok = ffi.new("sb_token *")
         stats = self.stats = Stats()
         start = time.perf_counter()
         while True:
-            if story != self._story:
-                raise EngineError(lib.SB_ERR_STATE, "another story started on this engine")
-            status = _check(lib.sb_next(ctx, tok), ctx)
+            with self._lock:
+                if epoch != self._epoch:
+                    raise EngineError(lib.SB_ERR_STATE, "another story started on this engine")
+                ctx = self._context()
+                status = _check(lib.sb_next(ctx, tok), ctx)
+                piece = ffi.unpack(tok.piece, tok.piece_len)  # valid until the next call
             now = time.perf_counter() - start
             stats.seconds = now
-            if status == lib.SB_END:
-                stats.tokens = tok.pos
-                stats.finish_reason = self._finish_reason(tok.pos)
-                return
             stats.tokens = tok.pos
+            if status == lib.SB_END:
+                stats.finish_reason = ("stopped" if tok.flags & lib.SB_END_STOPPED
+                                       else self._finish_reason(tok.pos))
+                return
             stats.token_times.append(now)
             if tok.pos == 1:
                 stats.first_token_seconds = now
             from_prompt = bool(tok.flags & lib.SB_PIECE_PROMPT)
             if from_prompt:
                 stats.prompt_tokens += 1
-            yield Token(tok.id, tok.pos, ffi.unpack(tok.piece, tok.piece_len),
-                        not tok.flags & lib.SB_PIECE_UNPRINTABLE, from_prompt)
+            yield Token(tok.id, tok.pos, piece, not tok.flags & lib.SB_PIECE_UNPRINTABLE,
+                        from_prompt)
 
     def _finish_reason(self, pos: int) -> str:
-        if self._stopped:
-            return "stopped"
         steps = self.params.steps
         budget = self.info.seq_len if steps == 0 or steps > self.info.seq_len else steps
         return "length" if pos >= budget else "end"
 
     def generate(self, prompt: Union[str, bytes, None] = None,
-                 params: Optional[Params] = None) -> Iterator[str]:
+                 params: Optional[Params] = None, story: Optional[int] = None) -> Iterator[str]:
         """Starts a story and yields its text in pieces, each whole UTF-8 characters.
 
         Byte tokens are joined into the characters they spell (the reference CLI drops
         them) and control bytes are dropped, so the text is clean for speech.
         """
         decoder = codecs.getincrementaldecoder("utf-8")("ignore")
-        for token in self.tokens(prompt, params):
+        for token in self.tokens(prompt, params, story):
             if len(token.piece) == 1 and token.piece[0] < 0x80 and not token.printable:
                 continue
             text = decoder.decode(token.piece)
@@ -255,32 +288,36 @@ class Engine:
         if tail:
             yield tail
 
-    def stop(self) -> None:
-        """Ends the current story after the token being computed. Safe from any thread."""
-        if self._ctx is not None:
-            self._stopped = True
-            lib.sb_stop(self._ctx)
+    def stop(self, story: Optional[int] = None) -> None:
+        """Ends story `story` and every one numbered before it, after the token being
+        computed, or at its start if it has not started yet; None: every story numbered
+        so far. Safe from any thread."""
+        number = self._last_number if story is None else story
+        with self._life:
+            if self._ctx is not None and number > 0:
+                lib.sb_stop(self._ctx, number)
 
     def tokenize(self, text: Union[str, bytes]) -> List[int]:
         """Token ids of text as a story prompt: BOS first."""
-        ctx = self._context()
         data = _prompt_bytes(text)
         cap = len(data) + 2
         buf = ffi.new("int[]", cap)
         n = ffi.new("int *")
         with self._lock:
-            self._story += 1  # scoring and tokenizing share the context's buffers
+            ctx = self._context()
+            self._epoch += 1  # scoring and tokenizing share the context's buffers
             _check(lib.sb_tokenize(ctx, data, buf, cap, n), ctx)
         return list(buf[0:n[0]])
 
     def score(self, tokens: List[int]) -> List[float]:
         """Natural-log probability of each token given the ones before it (len - 1 values)."""
-        ctx = self._context()
         if len(tokens) < 2:
+            self._context()
             return []
         ids = ffi.new("int[]", tokens)
         out = ffi.new("float[]", len(tokens) - 1)
         with self._lock:
-            self._story += 1
+            ctx = self._context()
+            self._epoch += 1
             _check(lib.sb_score(ctx, ids, len(tokens), out), ctx)
         return list(out)

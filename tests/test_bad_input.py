@@ -2,9 +2,11 @@
 Python) and never a crash."""
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 
+import numpy as np
 import pytest
 
 from modelgen import Header, with_header, write_model
@@ -88,6 +90,9 @@ BAD_HEADERS = {
     "vocab zero": dict(vocab_size=0),
     "huge dim": dict(dim=1 << 30),
     "odd head size": dict(dim=12, n_heads=4),
+    "vocab two": dict(vocab_size=2),  # <unk>, BOS and EOS are ids 0, 1, 2
+    "vocab one": dict(vocab_size=1),
+    "vocab two, separate classifier": dict(vocab_size=-2),
 }
 
 
@@ -133,13 +138,39 @@ def test_corrupt_tokenizer(patch, expect, cli, tmp_path, tokenizer_path, small):
 
 # ---------------------------------------------------------------------------- prompt and params
 
-def test_prompt_longer_than_context(cli, tokenizer_path, small, model_path):
-    long_prompt = " ".join(["dragon"] * 40)  # 41+ tokens; the small model holds 32
-    assert "context holds 32" in engine_fails(small, tokenizer_path, prompt=long_prompt)
-    assert "context holds 256" in cli_fails(cli, model_path, "-z", tokenizer_path,
-                                            "-i", " ".join(["dragon"] * 300))
-    huge = "x" * 100_000  # refused before encoding, whatever its length
-    assert "cannot fit" in engine_fails(small, tokenizer_path, prompt=huge)
+def test_prompt_longer_than_context_runs_as_far_as_the_steps(cli, tokenizer_path, small,
+                                                            model_path, tmp_path):
+    """As run.c: the prompt's first steps tokens are printed (the context bounds the
+    steps, never the prompt)."""
+    with Engine(small, tokenizer_path) as e:
+        short = " ".join(["dragon"] * 100)  # 101+ tokens; the small model holds 32
+        want = e.tokenize(short)
+        tokens = list(e.tokens(short, Params(seed=1, steps=0)))  # 0: the whole context
+        assert [t.id for t in tokens] == want[1:33]
+        assert all(t.from_prompt for t in tokens) and e.stats.finish_reason == "length"
+        prompt = " ".join(["dragon"] * 300)  # 301+ tokens; stories15M holds 256
+        want = e.tokenize(prompt)
+    ids = tmp_path / "ids.txt"
+    for n, count in [(10, 10), (0, 256), (1000, 256)]:
+        r = subprocess.run([str(cli), str(model_path), "-z", str(tokenizer_path), "-n", str(n),
+                            "-i", prompt, "-o", str(ids)], capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert [int(x) for x in ids.read_text().split()] == want[1:count + 1]
+        text = r.stdout.decode()
+        assert text.endswith("\n") and len(text) > count and prompt.startswith(text[:-1])
+
+
+def test_prompt_too_long_to_encode(small, tokenizer_path):
+    """Any prompt is encoded whole (in n log n merges), within the memory limit."""
+    huge = "x" * 100_000
+    with Engine(small, tokenizer_path) as e:
+        assert len(list(e.tokens(huge, Params(seed=1)))) == 32
+    tight = Params(seed=1, mem_limit=4 << 20)  # the small model's buffers take 2.5 MB
+    with Engine(small, tokenizer_path, tight) as e:
+        assert len(list(e.tokens("Once", tight))) == 32
+        for call in (lambda: e.tokens(huge, tight), lambda: e.tokenize(huge)):
+            with pytest.raises(EngineError, match="100000 bytes needs 8 MiB to encode"):
+                call()
 
 
 @pytest.mark.parametrize("raw", [b"\xff", b"abc\xc3", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf5\x80\x80\x80",
@@ -177,3 +208,104 @@ def test_python_value_errors(tokenizer_path, small):
         Engine(small, tokenizer_path, Params(kernels="fast"))
     with pytest.raises(ValueError, match="seed"):
         Engine(small, tokenizer_path, Params(seed=-1))
+
+
+# ---------------------------------------------------------------------------- hostile numbers
+
+def _weights(path, header: Header, fill) -> "os.PathLike[str]":
+    """A checkpoint of this header whose weights are fill(n) (n floats)."""
+    path.write_bytes(header.pack() + np.asarray(fill(header.n_floats()), "<f4").tobytes())
+    return path
+
+
+def _random(n, scale=0.2):
+    return np.random.default_rng(0).standard_normal(n) * scale
+
+
+def _with(value, at):
+    def fill(n):
+        w = _random(n)
+        w[at] = value
+        return w
+    return fill
+
+
+NUMERIC = {
+    "NaN everywhere": lambda n: np.full(n, np.nan),
+    "one NaN in the embedding of BOS": _with(np.nan, slice(16, 17)),
+    "+Inf in the first attention norm": _with(np.inf, slice(32000 * 16, 32000 * 16 + 1)),
+    "-Inf weights": _with(-np.inf, slice(32000 * 16, None)),
+    "weights that overflow": _with(3e38, slice(32000 * 16, None)),
+}
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+@pytest.mark.parametrize("params", [Params(seed=1), Params(seed=1, temperature=0.0),
+                                    Params(seed=1, topp=1.0)], ids=["top-p", "greedy", "all"])
+def test_non_finite_weights(name, params, cli, tmp_path, tokenizer_path):
+    bad = _weights(tmp_path / "bad.bin", Header(), NUMERIC[name])
+    with Engine(bad, tokenizer_path, params) as e:
+        with pytest.raises(EngineError, match="not finite or its activations overflow") as exc:
+            list(e.tokens("Once"))
+        assert exc.value.status_name == "not a finite number"
+        with pytest.raises(EngineError, match="not finite"):
+            e.score(e.tokenize("Once upon a time"))
+    argv = ["-t", str(params.temperature), "-p", str(params.topp), "-s", "1", "-i", "Once"]
+    assert "not finite" in cli_fails(cli, bad, "-z", tokenizer_path, *argv)
+
+
+def test_temperature_too_small_for_the_logits(small, tokenizer_path):
+    with Engine(small, tokenizer_path) as e:
+        with pytest.raises(EngineError, match="temperature 1.4013e-45 leaves no finite"):
+            list(e.tokens("Once", Params(seed=1, temperature=1e-45)))
+        assert len(e.score(e.tokenize("Once upon"))) == 2  # scoring has no temperature
+
+
+def test_flat_distribution_with_a_tiny_top_p(tmp_path, cli, tokenizer_path):
+    """All-zero weights: every token equally likely, and top-p below 1 / vocab leaves
+    none at run.c's cutoff (where run.c reads before its array). The nucleus is the
+    likeliest token: the lowest id among the tied ones."""
+    flat = _weights(tmp_path / "flat.bin", Header(), np.zeros)
+    with Engine(flat, tokenizer_path) as e:
+        tokens = list(e.tokens(None, Params(seed=1, topp=1e-6)))
+    assert [t.id for t in tokens] == [0] * 32 and e.stats.finish_reason == "length"
+    r = subprocess.run([str(cli), str(flat), "-z", str(tokenizer_path), "-p", "1e-6", "-s", "1"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == b"<unk>" * 32 + b"\n"
+
+
+# ---------------------------------------------------------------------------- memory
+
+def _kv_bytes(h: Header) -> int:
+    return 2 * h.n_layers * h.seq_len * h.n_kv_heads * (h.dim // h.n_heads) * 4
+
+
+def test_header_asking_for_more_than_the_machine(cli, tmp_path, tokenizer_path):
+    """1024 layers of width 16 and a context of 2^18: a 10 MB file whose KV cache is
+    32 GiB (2^20 and 128 GiB, in 16 MB, on a machine with more RAM)."""
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    sizes = [Header(dim=16, hidden_dim=8, n_layers=1024, n_heads=8, n_kv_heads=8, seq_len=s)
+             for s in (1 << 18, 1 << 20)]
+    greedy_header = next((h for h in sizes if _kv_bytes(h) > ram), None)
+    if greedy_header is None:
+        pytest.skip("this machine has more than 128 GiB of RAM")
+    greedy = write_model(tmp_path / "greedy.bin", greedy_header)
+    assert greedy.stat().st_size < 20 << 20
+    assert "memory limit" in cli_fails(cli, greedy, "-z", tokenizer_path)
+    with pytest.raises(EngineError, match="KV cache and activations need") as exc:
+        Engine(greedy, tokenizer_path)
+    assert exc.value.status_name == "out of memory"
+
+
+def test_memory_limit_parameter(tmp_path, tokenizer_path, small):
+    # the small model's packed weights and buffers take about 2.2 MB
+    with Engine(small, tokenizer_path, Params(mem_limit=64 << 20)) as e:
+        assert len(list(e.tokens("Once", Params(seed=1, steps=8, mem_limit=64 << 20)))) == 8
+        with pytest.raises(ValueError, match="memory limit"):
+            e.tokens("Once", Params(mem_limit=32 << 20))
+    for limit in (100_000, 10_000):  # below the sampler's 256 kB
+        with pytest.raises(EngineError, match="memory limit") as exc:
+            Engine(small, tokenizer_path, Params(mem_limit=limit))
+        assert exc.value.status_name == "out of memory"
+    with pytest.raises(ValueError, match="mem_limit"):
+        Engine(small, tokenizer_path, Params(mem_limit=-1))

@@ -43,16 +43,77 @@ def test_text_pieces_are_whole_characters(engine):
     assert any(not t.printable for t in tokens)  # the emoji's bytes
 
 
-def test_stop_from_another_thread(engine):
-    gen = engine.tokens("Once upon a time", Params(seed=3, steps=256))
+def _from_another_thread(fn, *args):
+    t = threading.Thread(target=fn, args=args)
+    t.start()
+    t.join()
+
+
+def test_stop_before_the_story_starts(engine):
+    """The stop names a story numbered before it starts, and is kept for it."""
+    story = engine.new_story()
+    _from_another_thread(engine.stop, story)
+    assert list(engine.tokens("Once upon a time", Params(seed=3), story=story)) == []
+    assert engine.stats.finish_reason == "stopped"
+    # a story told in several contexts under one number: the next one is stopped too
+    assert list(engine.generate("The end", Params(seed=3), story=story)) == []
+    # the stop was for that story only
+    assert len(list(engine.tokens("Once", Params(seed=3, steps=5)))) == 5
+
+
+def test_stop_right_after_start(engine):
+    gen = engine.tokens("Once upon a time", Params(seed=3, steps=256))  # started here
+    _from_another_thread(engine.stop)
+    assert list(gen) == []
+    assert engine.stats.finish_reason == "stopped"
+
+
+def test_stop_during_a_story(engine):
+    story = engine.new_story()
+    gen = engine.tokens("Once upon a time", Params(seed=3, steps=256), story=story)
     first = next(gen)
-    stopper = threading.Thread(target=engine.stop)
-    stopper.start()
-    stopper.join()
+    _from_another_thread(engine.stop, story)
     rest = list(gen)
     assert first.pos == 1
     assert rest == []
     assert engine.stats.finish_reason == "stopped"
+
+
+def test_stop_for_an_older_story_spares_the_new_one(engine):
+    old = engine.new_story()
+    new = engine.new_story()
+    engine.stop(old)
+    assert len(list(engine.tokens("Once", Params(seed=3, steps=6), story=new))) == 6
+    assert engine.stats.finish_reason == "length"
+    with pytest.raises(ValueError, match="new_story"):
+        engine.tokens("Once", story=new + 10)
+
+
+def test_score_while_a_story_runs_in_another_thread(engine):
+    """The lock covers each token as well as score(): a score between two tokens is the
+    score alone, and the story it interrupted refuses to go on."""
+    ids = engine.tokenize("Once upon a time there was a dragon")
+    want = engine.score(ids)
+    started, outcome = threading.Event(), []
+
+    def tell():
+        try:
+            for i, _ in enumerate(engine.tokens("Lily", Params(seed=4, steps=256))):
+                if i == 2:
+                    started.set()
+            outcome.append("finished")
+        except EngineError as err:
+            outcome.append(str(err))
+        finally:
+            started.set()
+
+    worker = threading.Thread(target=tell)
+    worker.start()
+    started.wait()
+    got = [engine.score(ids) for _ in range(5)]
+    worker.join()
+    assert got == [want] * 5
+    assert outcome in (["finished"], ["another story started on this engine"])
 
 
 def test_new_story_invalidates_old_generator(engine):
@@ -72,11 +133,16 @@ def test_finish_reasons(engine):
 
 
 def test_score_matches_generation(engine):
-    """Greedy tokens are the argmax, so each must score at least as high as any other."""
+    """Greedy tokens are the argmax: each scores at least as high as any other token
+    in its place."""
     ids = [1] + [t.id for t in engine.tokens("Once", GREEDY)]
     logprobs = engine.score(ids)
     assert len(logprobs) == len(ids) - 1
     assert all(lp <= 0 for lp in logprobs)
+    for i in (3, 10, 30):
+        others = [t for t in range(0, 32000, 997) if t != ids[i + 1]]
+        for other in others:
+            assert engine.score(ids[:i + 1] + [other])[-1] <= logprobs[i]
     assert engine.tokenize("Once") == ids[:2]
 
 
@@ -104,6 +170,7 @@ def _rss_kb() -> int:
     raise RuntimeError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_no_leak_over_1000_contexts(tmp_path, tokenizer_path):
     """Create, generate with and free a context 1000 times: RSS stays flat."""
     small = write_model(tmp_path / "small.bin")

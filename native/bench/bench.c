@@ -105,7 +105,7 @@ int main(int argc, char **argv) {
     printf(" \"runs\": [");
     for (int r = 0; r < runs; r++) {
         sb_reset(ctx, &p);
-        if (sb_start(ctx, prompt) != SB_OK) {
+        if (sb_start(ctx, 1, prompt) != SB_OK) {
             fprintf(stderr, "error: %s\n", sb_last_error(ctx));
             return 1;
         }

@@ -114,7 +114,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", err);
         return EXIT_FAILURE;
     }
-    if (sb_start(ctx, prompt) != SB_OK) {
+    if (sb_start(ctx, 1, prompt) != SB_OK) {
         fprintf(stderr, "error: %s\n", sb_last_error(ctx));
         sb_free(ctx);
         return EXIT_FAILURE;

@@ -9,7 +9,7 @@
  *     if (sb_open("stories15M.bin", "tokenizer.bin", &p, &ctx, err, sizeof err) != SB_OK) {
  *         fprintf(stderr, "%s\n", err);   // the context was not created
  *     }
- *     sb_start(ctx, "Once upon a time");
+ *     sb_start(ctx, 1, "Once upon a time");
  *     sb_token tok;
  *     while (sb_next(ctx, &tok) == SB_OK) {
  *         if (!(tok.flags & SB_PIECE_UNPRINTABLE)) fwrite(tok.piece, 1, tok.piece_len, stdout);
@@ -22,7 +22,7 @@
  * The library never prints, never calls exit() or abort(), and keeps no global state:
  * each context owns its model, tokenizer, sampler and buffers. One context must be used
  * by one thread at a time; distinct contexts may run in parallel. sb_stop() is the one
- * call that may come from another thread while sb_next() runs.
+ * call that may come from another thread, at any time, sb_next() running or not.
  */
 #ifndef STORYBOT_H
 #define STORYBOT_H
@@ -43,7 +43,9 @@ typedef enum {
     SB_ERR_IO = -2,          /* a file could not be opened, read or mapped */
     SB_ERR_FORMAT = -3,      /* a file is not a valid model or tokenizer */
     SB_ERR_NOMEM = -4,       /* an allocation failed */
-    SB_ERR_STATE = -5        /* a call out of order, e.g. sb_next() before sb_start() */
+    SB_ERR_STATE = -5,       /* a call out of order, e.g. sb_next() before sb_start() */
+    SB_ERR_NUMERIC = -6      /* the model computed NaN or Inf (non-finite weights, or an
+                                overflow such as logits / a tiny temperature) */
 } sb_status;
 
 typedef enum {
@@ -62,13 +64,19 @@ typedef struct {
                                 -1 (default) half for quantized models where the CPU converts
                                 halves in vector instructions (x86 F16C), else fp32 (the
                                 fp32 model stays exact). Chosen when the model is opened. */
+    size_t mem_limit;        /* bytes the context may allocate (weight copies, KV cache,
+                                activations, logits, sampler), checked before allocating;
+                                0 (default) = what the machine can give when it is opened:
+                                the least of physical RAM, MemAvailable and the cgroup's
+                                memory.max headroom. Chosen when the model is opened. */
 } sb_params;
 
 typedef enum {
     /* A raw byte token that the reference run.c does not print (a lone control or
      * non-ASCII byte). Its byte is still in piece, for callers that rebuild UTF-8. */
     SB_PIECE_UNPRINTABLE = 1,
-    SB_PIECE_PROMPT = 2      /* the token was forced from the prompt, not sampled */
+    SB_PIECE_PROMPT = 2,     /* the token was forced from the prompt, not sampled */
+    SB_END_STOPPED = 4       /* with SB_END: sb_stop() ended the story */
 } sb_piece_flags;
 
 typedef struct {
@@ -100,14 +108,21 @@ sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_p
                   sb_context **out, char *err, size_t err_len);
 void sb_free(sb_context *ctx);
 
-/* Encodes the prompt (UTF-8; may be empty or NULL) and resets the sequence. The first
- * sb_next() then returns the first prompt token after BOS. */
-sb_status sb_start(sb_context *ctx, const char *prompt);
+/* Encodes the prompt (UTF-8; may be empty or NULL) and resets the sequence for story
+ * number `story`, a number the caller picks, growing from story to story (several
+ * starts may share one, e.g. a story told in several contexts). The first sb_next() then returns the
+ * first prompt token after BOS. A prompt longer than the context is run as far as the
+ * steps go (as run.c does); one whose encoding needs more memory than the limit leaves
+ * is refused (SB_ERR_NOMEM). */
+sb_status sb_start(sb_context *ctx, uint64_t story, const char *prompt);
 /* Runs one position and returns its token: SB_OK with *out filled, or SB_END with
- * out->id = -1 and out->pos = the number of positions run in this story. */
+ * out->id = -1, out->pos = the number of positions run in this story and
+ * SB_END_STOPPED in out->flags if sb_stop() ended it. */
 sb_status sb_next(sb_context *ctx, sb_token *out);
-/* Asks the story to end; the next sb_next() returns SB_END. Safe from another thread. */
-void sb_stop(sb_context *ctx);
+/* Ends story `story` and every story numbered below it: one running ends at its next
+ * sb_next(), one that has not started yet ends at its first, so a stop cannot be lost
+ * to a start that comes after it. Safe from any thread at any time. */
+void sb_stop(sb_context *ctx, uint64_t story);
 /* Replaces the sampling parameters (and reseeds) for the next sb_start(). */
 sb_status sb_reset(sb_context *ctx, const sb_params *params);
 

@@ -23,7 +23,7 @@ static size_t cache_positions(const sb_config *c) {
 }
 
 sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
-                        const sb_qkernel_set *kv_fp16, char *err) {
+                        const sb_qkernel_set *kv_fp16, size_t budget, char *err) {
     memset(s, 0, sizeof(*s));
     size_t cache = (size_t)c->n_layers * cache_positions(c) * (size_t)c->kv_dim;
     size_t wide = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
@@ -39,12 +39,18 @@ sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
                        &s->rope_cos, &s->rope_sin, &qx_q, &qx_s, &qx_sum};
     size_t n = sizeof(sizes) / sizeof(sizes[0]), total = 0;
     for (size_t i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15; // 64-byte aligned slots
+    if (total > budget / sizeof(float)) {
+        return sb_fail(err, SB_ERR_NOMEM, "the KV cache and activations need %zu MiB (seq_len "
+                       "%d), more than the %zu MiB the memory limit leaves",
+                       total * sizeof(float) >> 20, c->seq_len, budget >> 20);
+    }
     s->block = sb_alloc_streamed(total * sizeof(float));
     if (!s->block) {
         return sb_fail(err, SB_ERR_NOMEM, "out of memory for %zu MB of activations and KV cache",
                        total * sizeof(float) >> 20);
     }
-    memset(s->block, 0, total * sizeof(float));
+    s->block_bytes = total * sizeof(float);
+    memset(s->block, 0, s->block_bytes);
     float *p = s->block;
     for (size_t i = 0; i < n; i++) {
         *slots[i] = p;

@@ -70,9 +70,10 @@ typedef struct {
     const sb_qkernel_set *qkernels; // quantized models: the int8 kernels in use, else NULL
     const char *format;           // "llama2c-fp32", "storybot-q8_0", ...
     // storage behind the pointers above
-    void *map;                    // the mmapped file, or NULL once it is no longer needed
+    void *map;                    // the mmapped file, held until sb_model_free
     size_t map_len;
     float *packed;                // interleaved copies of the matrices, or NULL
+    size_t packed_bytes;
     sb_matrix *matrices;          // the per-layer sb_matrix arrays, one allocation
     size_t weight_bytes;          // weights read per token
 } sb_model;
@@ -80,8 +81,9 @@ typedef struct {
 /* Memory for data read once per token (weights, caches): 64-byte aligned, on huge pages
  * where the system offers them. free() releases it. */
 void *sb_alloc_streamed(size_t bytes);
+/* Refuses a model whose copies of the weights would take more than limit bytes. */
 sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kernels,
-                        char *err);
+                        size_t limit, char *err);
 /* Checks the 7 llama2.c config ints (vocab_size < 0: separate classifier) into c. */
 sb_status sb_check_config(const int32_t h[7], sb_config *c, char *err);
 void sb_model_free(sb_model *m);
@@ -124,6 +126,8 @@ typedef struct {
 
 sb_status sb_tokenizer_load(sb_tokenizer *t, const char *path, int vocab_size, char *err);
 void sb_tokenizer_free(sb_tokenizer *t);
+/* Bytes that encoding len bytes of text allocates, the tokens included (at most). */
+size_t sb_tokenizer_scratch(size_t len);
 /* BOS, then the prompt as the reference encodes it; tokens must hold strlen(text) + 2. */
 sb_status sb_tokenizer_encode(const sb_tokenizer *t, const char *text, int *tokens,
                               int *n_tokens, char *err);
@@ -148,11 +152,14 @@ typedef struct {
     sb_prob_index *candidates; // (vocab_size,) scratch for top-p
 } sb_sampler;
 
+/* Bytes the sampler allocates; init refuses more than budget. */
+size_t sb_sampler_bytes(int vocab_size);
 sb_status sb_sampler_init(sb_sampler *s, int vocab_size, const sb_kernel_set *kernels,
-                          char *err);
+                          size_t budget, char *err);
 void sb_sampler_free(sb_sampler *s);
 void sb_sampler_set(sb_sampler *s, float temperature, float topp, uint64_t seed);
-/* Samples a token; logits are modified (scaled and exponentiated). */
+/* Samples a token from finite logits, or returns -1 if scaling them by the temperature
+ * overflowed; logits are modified (scaled and exponentiated). */
 int sb_sample(sb_sampler *s, float *logits);
 /* x (n,) -> exp(x - max) / sum, in the reference's order (expf through k). */
 void sb_softmax(const sb_kernel_set *k, float *x, int n);
@@ -183,13 +190,15 @@ typedef struct {
     float *rope_freq;  // (head_size / 2,) rotation frequency per pair
     float *rope_cos, *rope_sin; // (head_size / 2,) for the current position
     void *block;       // the one allocation behind all of the above
+    size_t block_bytes;
     struct sb_pool *pool; // threads sharing the matvecs, or NULL
 } sb_state;
 
 /* n_threads: threads sharing each matvec. kv_fp16 not NULL: keep the KV cache in IEEE
- * half precision (half the memory, not exact), read with these kernels. */
+ * half precision (half the memory, not exact), read with these kernels. Refuses (before
+ * allocating) buffers of more than budget bytes. */
 sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
-                        const sb_qkernel_set *kv_fp16, char *err);
+                        const sb_qkernel_set *kv_fp16, size_t budget, char *err);
 void sb_state_free(sb_state *s);
 /* out (W.rows,) = W @ x (W.cols,), whatever W's type. */
 void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w);

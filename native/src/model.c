@@ -31,10 +31,11 @@ sb_status sb_check_config(const int32_t h[HEADER_INTS], sb_config *c, char *err)
                                                 1 << 10, 1 << 22, 1 << 20};
     for (int i = 0; i < HEADER_INTS; i++) {
         int32_t v = (i == 5 && h[i] < 0 && h[i] != INT32_MIN) ? -h[i] : h[i];
-        if (v <= 0 || v > limits[i]) {
+        int32_t least = i == 5 ? 3 : 1; // the vocabulary holds <unk>, BOS and EOS at least
+        if (v < least || v > limits[i]) {
             return sb_fail(err, SB_ERR_FORMAT,
-                           "model header: %s = %d is out of range (1..%d); not a llama2.c "
-                           "checkpoint?", names[i], (int)h[i], (int)limits[i]);
+                           "model header: %s = %d is out of range (%d..%d); not a llama2.c "
+                           "checkpoint?", names[i], (int)h[i], (int)least, (int)limits[i]);
         }
     }
     c->dim = h[0];
@@ -142,7 +143,7 @@ void *sb_alloc_streamed(size_t bytes) {
     return p;
 }
 
-static sb_status map_weights(sb_model *m, const float *p, char *err) {
+static sb_status map_weights(sb_model *m, const float *p, size_t limit, char *err) {
     const sb_config *c = &m->cfg;
     int L = c->n_layers, dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim;
     int block = m->kernels->f32_rows;
@@ -154,7 +155,12 @@ static sb_status map_weights(sb_model *m, const float *p, char *err) {
         size_t total = padded_floats(c->vocab_size, dim, block);
         total += (size_t)L * (2 * padded_floats(dim, dim, block) + 2 * padded_floats(kvd, dim, block)
                               + 2 * padded_floats(hid, dim, block) + padded_floats(dim, hid, block));
-        m->packed = sb_alloc_streamed(total * sizeof(float));
+        if (total > limit / sizeof(float)) {
+            return sb_fail(err, SB_ERR_NOMEM, "the packed weights need %zu MiB, more than the "
+                           "memory limit of %zu MiB", total * sizeof(float) >> 20, limit >> 20);
+        }
+        m->packed_bytes = total * sizeof(float);
+        m->packed = sb_alloc_streamed(m->packed_bytes);
         if (!m->packed) {
             return sb_fail(err, SB_ERR_NOMEM, "out of memory for %zu MB of packed weights",
                            total * sizeof(float) >> 20);
@@ -190,7 +196,7 @@ static sb_status map_weights(sb_model *m, const float *p, char *err) {
 // load / free
 
 sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kernels,
-                        char *err) {
+                        size_t limit, char *err) {
     memset(m, 0, sizeof(*m));
     m->kernels = kernels;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -239,7 +245,7 @@ sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kern
     if (map == MAP_FAILED) return sb_fail(err, SB_ERR_IO, "cannot map model %s: %s", path, strerror(e));
     m->map = map;
     m->map_len = size;
-    sb_status s = map_weights(m, (const float *)((const char *)map + sizeof(header)), err);
+    sb_status s = map_weights(m, (const float *)((const char *)map + sizeof(header)), limit, err);
     if (s != SB_OK) {
         sb_model_free(m);
         return s;

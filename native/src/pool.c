@@ -108,10 +108,6 @@ void sb_pool_free(sb_pool *pool) {
     free(pool);
 }
 
-int sb_pool_size(const sb_pool *pool) {
-    return pool ? pool->n : 1;
-}
-
 void sb_pool_run(sb_pool *pool, sb_pool_fn fn, void *arg) {
     if (!pool) {
         fn(arg, 0, 1);

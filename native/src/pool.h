@@ -9,7 +9,6 @@ typedef void (*sb_pool_fn)(void *arg, int index, int count);
 /* NULL (run everything on the caller) for fewer than 2 threads or if none could start. */
 sb_pool *sb_pool_new(int n_threads);
 void sb_pool_free(sb_pool *pool);
-int sb_pool_size(const sb_pool *pool);
 /* Runs fn on every thread of the pool, the caller's included, and waits for all. */
 void sb_pool_run(sb_pool *pool, sb_pool_fn fn, void *arg);
 

@@ -8,12 +8,20 @@
 
 #include "internal.h"
 
+size_t sb_sampler_bytes(int vocab_size) {
+    return sizeof(sb_prob_index) * (size_t)vocab_size;
+}
+
 sb_status sb_sampler_init(sb_sampler *s, int vocab_size, const sb_kernel_set *kernels,
-                          char *err) {
+                          size_t budget, char *err) {
     memset(s, 0, sizeof(*s));
+    if (sb_sampler_bytes(vocab_size) > budget) {
+        return sb_fail(err, SB_ERR_NOMEM, "the sampler needs %zu bytes, more than the %zu "
+                       "the memory limit leaves", sb_sampler_bytes(vocab_size), budget);
+    }
     s->vocab_size = vocab_size;
     s->kernels = kernels;
-    s->candidates = malloc(sizeof(sb_prob_index) * (size_t)vocab_size);
+    s->candidates = malloc(sb_sampler_bytes(vocab_size));
     if (!s->candidates) {
         sb_sampler_free(s);
         return sb_fail(err, SB_ERR_NOMEM, "out of memory for the sampler");
@@ -113,14 +121,9 @@ static void pop(sb_prob_index *h, int n) {
     sift_down(h, n - 1, 0);
 }
 
-static int sample_topp(sb_sampler *s, const float *e, float sum, int n, float coin) {
-    // tokens below this cannot be in the nucleus, so they are not sorted
-    const float cutoff = (1.0f - s->topp) / (float)(n - 1);
-    /* A probability e / sum rounds up by a relative 2^-24 at most, so reaching the
-     * cutoff takes e >= cutoff * sum / (1 + 2^-24); `below` stays under that despite its
-     * own two roundings, and only the e above it are divided and tested. Nothing here
-     * is subnormal: cutoff >= 2^-24 / n, and 1 <= sum <= n. */
-    const float below = cutoff * sum * 0.999f;
+/* Candidates whose e reaches `below`, then those of them whose probability reaches
+ * cutoff, into s->candidates; returns how many. */
+static int collect(sb_sampler *s, const float *e, float sum, int n, float cutoff, float below) {
     sb_prob_index *c = s->candidates;
     int n0 = 0;
     for (int i = 0; i < n; i++) {
@@ -132,6 +135,22 @@ static int sample_topp(sb_sampler *s, const float *e, float sum, int n, float co
             n0++;
         }
     }
+    return n0;
+}
+
+static int sample_topp(sb_sampler *s, const float *e, float sum, int n, float coin) {
+    // tokens below this cannot be in the nucleus, so they are not sorted
+    const float cutoff = (1.0f - s->topp) / (float)(n - 1);
+    /* A probability e / sum rounds up by a relative 2^-24 at most, so reaching the
+     * cutoff takes e >= cutoff * sum / (1 + 2^-24); `below` stays under that despite its
+     * own two roundings, and only the e above it are divided and tested. Nothing here
+     * is subnormal: cutoff >= 2^-24 / n, and 1 <= sum <= n. */
+    int n0 = collect(s, e, sum, n, cutoff, cutoff * sum * 0.999f);
+    /* With top-p below 1 / n, a flat distribution leaves no token at the cutoff (the
+     * reference then reads before its array): the nucleus is still the most likely
+     * tokens, so all of them are candidates. */
+    if (n0 == 0) n0 = collect(s, e, sum, n, 0.0f, 0.0f);
+    sb_prob_index *c = s->candidates;
     for (int i = n0 / 2 - 1; i >= 0; i--) sift_down(c, n0, i);
     // the k-th candidate in sorted order lands at c[n0 - 1 - k]
     float cumulative = 0.0f;
@@ -160,6 +179,7 @@ int sb_sample(sb_sampler *s, float *logits) {
         for (int i = 0; i < n; i++) logits[i] /= s->temperature;
     }
     float sum = exps(s->kernels, logits, n);
+    if (!isfinite(sum)) return -1; // logits / temperature overflowed: Inf - Inf is NaN
     float coin = random_f32(&s->rng);
     if (s->topp <= 0.0f || s->topp >= 1.0f) return sample_mult(logits, sum, n, coin);
     return sample_topp(s, logits, sum, n, coin);

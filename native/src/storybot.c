@@ -1,9 +1,11 @@
 /* storybot.c: the public API: a context that tells one story at a time, token by token. */
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -18,8 +20,12 @@ struct sb_context {
     int steps;           // positions this story may use
     int pos;             // next position to run
     int token;           // token to feed at pos
-    int started, finished;
-    atomic_int stop;     // set by sb_stop, possibly from another thread
+    size_t spare;        // what the memory limit leaves after the buffers, for prompts
+    int started, finished, stopped;
+    uint64_t story;      // the number sb_start gave this story
+    /* Stories numbered below this are stopped: sb_stop(N) raises it to N + 1, from any
+     * thread, and it never falls, so a stop is kept for a story not started yet. */
+    _Atomic uint64_t stop_below;
     char byte_buf[2];
     char err[SB_ERR_LEN];
 };
@@ -43,6 +49,7 @@ sb_params sb_default_params(void) {
         .n_threads = 1,
         .kernels = SB_KERNELS_AUTO,
         .kv_fp16 = -1,
+        .mem_limit = 0,
     };
     return p;
 }
@@ -84,6 +91,51 @@ static int kv_half(const sb_params *p, const sb_model *m, const sb_qkernel_set *
     return p->kv_fp16 < 0 ? m->wcls.type != SB_F32 && qk->f16_vector : p->kv_fp16;
 }
 
+/* Reads the first number after `key` in a small text file; 0 if there is none. */
+static uint64_t number_in(const char *path, const char *key) {
+    FILE *f = fopen(path, "re");
+    if (!f) return 0;
+    char line[256];
+    uint64_t v = 0;
+    size_t k = strlen(key);
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, k) == 0) {
+            v = strtoull(line + k, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return v;
+}
+
+/* What the machine can give this process now: the least of physical RAM, the kernel's
+ * MemAvailable (free memory plus what it can reclaim without swapping) and what the
+ * process's cgroup (v2) still allows. A memset of more than that is the OOM killer. */
+static size_t machine_memory(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t best = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : UINT64_MAX;
+    uint64_t avail = number_in("/proc/meminfo", "MemAvailable:") * 1024;
+    if (avail && avail < best) best = avail;
+    char group[200] = "", path[300];
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    if (f) {
+        if (!fgets(group, sizeof group, f) || strncmp(group, "0::", 3) != 0) group[0] = '\0';
+        fclose(f);
+    }
+    group[strcspn(group, "\n")] = '\0';
+    if (group[0]) {
+        snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", group + 3);
+        uint64_t max = number_in(path, ""); // "max" (no limit) reads as 0
+        snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.current", group + 3);
+        uint64_t used = number_in(path, "");
+        if (max) {
+            uint64_t left = max > used ? max - used : 0;
+            if (left < best) best = left;
+        }
+    }
+    return best > SIZE_MAX ? SIZE_MAX : (size_t)best;
+}
+
 sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_params *params,
                   sb_context **out, char *err, size_t err_len) {
     char msg[SB_ERR_LEN] = "";
@@ -101,14 +153,20 @@ sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_p
         int generic = params->kernels == SB_KERNELS_GENERIC;
         const sb_kernel_set *k = sb_kernels_pick(generic);
         const sb_qkernel_set *qk = sb_qkernels_pick(generic);
-        if ((s = sb_model_load(&ctx->model, model_path, k, msg)) == SB_OK
-            && (s = sb_tokenizer_load(&ctx->tokenizer, tokenizer_path, ctx->model.cfg.vocab_size,
+        size_t limit = params->mem_limit ? params->mem_limit : machine_memory();
+        sb_model *m = &ctx->model;
+        if ((s = sb_model_load(m, model_path, k, limit, msg)) == SB_OK
+            && (s = sb_tokenizer_load(&ctx->tokenizer, tokenizer_path, m->cfg.vocab_size,
                                       msg)) == SB_OK
-            && (s = sb_sampler_init(&ctx->sampler, ctx->model.cfg.vocab_size, k, msg)) == SB_OK
-            && (s = sb_state_init(&ctx->state, &ctx->model.cfg, params->n_threads,
-                                  kv_half(params, &ctx->model, qk) ? qk : NULL,
+            && (s = sb_sampler_init(&ctx->sampler, m->cfg.vocab_size, k,
+                                    limit - m->packed_bytes, msg)) == SB_OK
+            && (s = sb_state_init(&ctx->state, &m->cfg, params->n_threads,
+                                  kv_half(params, m, qk) ? qk : NULL,
+                                  limit - m->packed_bytes - sb_sampler_bytes(m->cfg.vocab_size),
                                   msg)) == SB_OK) {
             sb_sampler_set(&ctx->sampler, params->temperature, params->topp, params->seed);
+            ctx->spare = limit - m->packed_bytes - sb_sampler_bytes(m->cfg.vocab_size)
+                         - ctx->state.block_bytes;
             *out = ctx;
         } else {
             sb_free(ctx);
@@ -131,29 +189,37 @@ void sb_free(sb_context *ctx) {
 // ----------------------------------------------------------------------------
 // a story
 
-sb_status sb_start(sb_context *ctx, const char *prompt) {
+/* Encodes text into *tokens (allocated here, BOS first) within the memory limit. */
+static sb_status encode(sb_context *ctx, const char *text, int **tokens, int *n) {
+    size_t len = strlen(text);
+    if (len > (size_t)INT_MAX - 2 || sb_tokenizer_scratch(len) > ctx->spare) {
+        return sb_fail(ctx->err, SB_ERR_NOMEM, "a text of %zu bytes needs %zu MiB to encode, "
+                       "more than the %zu MiB the memory limit leaves", len,
+                       sb_tokenizer_scratch(len) >> 20, ctx->spare >> 20);
+    }
+    if (!(*tokens = malloc(sizeof(int) * (len + 2)))) {
+        return sb_fail(ctx->err, SB_ERR_NOMEM, "out of memory for %zu tokens", len + 2);
+    }
+    sb_status s = sb_tokenizer_encode(&ctx->tokenizer, text, *tokens, n, ctx->err);
+    if (s != SB_OK) {
+        free(*tokens);
+        *tokens = NULL;
+    }
+    return s;
+}
+
+sb_status sb_start(sb_context *ctx, uint64_t story, const char *prompt) {
     if (!ctx) return SB_ERR_ARG;
+    if (story == UINT64_MAX) {
+        return sb_fail(ctx->err, SB_ERR_ARG, "story number 2^64 - 1 is sb_stop's \"all\"");
+    }
     if (!prompt) prompt = "";
     const sb_config *c = &ctx->model.cfg;
-    size_t len = strlen(prompt);
-    /* Every token covers at most max_token_length bytes, so a longer prompt cannot fit
-     * the context; refusing it here also bounds the quadratic merge loop. */
-    if (len / (size_t)ctx->tokenizer.max_token_length >= (size_t)c->seq_len) {
-        return sb_fail(ctx->err, SB_ERR_ARG, "prompt of %zu bytes cannot fit the model's "
-                       "context of %d tokens", len, c->seq_len);
-    }
-    int *tokens = malloc(sizeof(int) * (len + 2));
-    if (!tokens) return sb_fail(ctx->err, SB_ERR_NOMEM, "out of memory for the prompt");
-    int n = 0;
-    sb_status s = sb_tokenizer_encode(&ctx->tokenizer, prompt, tokens, &n, ctx->err);
-    if (s == SB_OK && n > c->seq_len) {
-        s = sb_fail(ctx->err, SB_ERR_ARG, "prompt is %d tokens with BOS; the model's context "
-                    "holds %d", n, c->seq_len);
-    }
-    if (s != SB_OK) {
-        free(tokens);
-        return s;
-    }
+    /* A prompt of more tokens than the context is run as far as the steps go (as
+     * run.c): it is encoded whole, since a merge may join tokens across any cut. */
+    int *tokens = NULL, n = 0;
+    sb_status s = encode(ctx, prompt, &tokens, &n);
+    if (s != SB_OK) return s;
     free(ctx->prompt);
     ctx->prompt = tokens;
     ctx->n_prompt = n;
@@ -161,10 +227,25 @@ sb_status sb_start(sb_context *ctx, const char *prompt) {
     ctx->steps = (steps == 0 || steps > c->seq_len) ? c->seq_len : steps;
     ctx->pos = 0;
     ctx->token = tokens[0];
+    ctx->story = story;
     ctx->started = 1;
     ctx->finished = 0;
-    atomic_store(&ctx->stop, 0);
+    ctx->stopped = 0;
     ctx->err[0] = '\0';
+    return SB_OK;
+}
+
+/* NaN or Inf anywhere in the logits: a model with non-finite weights, or one whose
+ * activations overflow. Sampling them would pick garbage (or nothing, in top-p). */
+static sb_status check_logits(sb_context *ctx, int pos) {
+    const float *logits = ctx->state.logits;
+    for (int i = 0; i < ctx->model.cfg.vocab_size; i++) {
+        if (!isfinite(logits[i])) {
+            return sb_fail(ctx->err, SB_ERR_NUMERIC, "logit %d at position %d is %g: the "
+                           "model's weights are not finite or its activations overflow", i,
+                           pos, (double)logits[i]);
+        }
+    }
     return SB_OK;
 }
 
@@ -172,14 +253,29 @@ sb_status sb_next(sb_context *ctx, sb_token *out) {
     if (!ctx || !out) return SB_ERR_ARG;
     if (!ctx->started) return sb_fail(ctx->err, SB_ERR_STATE, "sb_next before sb_start");
     *out = (sb_token){.id = -1, .pos = ctx->pos, .piece = ""};
-    if (ctx->finished || atomic_load(&ctx->stop) || ctx->pos >= ctx->steps) {
+    if (!ctx->finished && ctx->story < atomic_load(&ctx->stop_below)) {
+        ctx->finished = ctx->stopped = 1;
+    }
+    if (ctx->finished || ctx->pos >= ctx->steps) {
         ctx->finished = 1;
+        if (ctx->stopped) out->flags = SB_END_STOPPED;
         return SB_END;
     }
     int pos = ctx->pos;
     int forced = pos < ctx->n_prompt - 1;
     sb_forward(&ctx->model, &ctx->state, ctx->token, pos, !forced);
-    int next = forced ? ctx->prompt[pos + 1] : sb_sample(&ctx->sampler, ctx->state.logits);
+    int next;
+    if (forced) {
+        next = ctx->prompt[pos + 1];
+    } else {
+        sb_status s = check_logits(ctx, pos);
+        if (s != SB_OK) return s;
+        if ((next = sb_sample(&ctx->sampler, ctx->state.logits)) < 0) {
+            return sb_fail(ctx->err, SB_ERR_NUMERIC, "temperature %g leaves no finite "
+                           "distribution at position %d (the logits overflow)",
+                           (double)ctx->sampler.temperature, pos);
+        }
+    }
     ctx->pos = pos + 1;
     if (next == SB_BOS) { // BOS starts the next story: this one is over
         ctx->finished = 1;
@@ -195,8 +291,11 @@ sb_status sb_next(sb_context *ctx, sb_token *out) {
     return SB_OK;
 }
 
-void sb_stop(sb_context *ctx) {
-    if (ctx) atomic_store(&ctx->stop, 1);
+void sb_stop(sb_context *ctx, uint64_t story) {
+    if (!ctx) return;
+    uint64_t below = story == UINT64_MAX ? UINT64_MAX : story + 1;
+    uint64_t now = atomic_load(&ctx->stop_below);
+    while (now < below && !atomic_compare_exchange_weak(&ctx->stop_below, &now, below)) {}
 }
 
 sb_status sb_reset(sb_context *ctx, const sb_params *params) {
@@ -204,9 +303,9 @@ sb_status sb_reset(sb_context *ctx, const sb_params *params) {
     sb_status s = check_params(params, ctx->err);
     if (s != SB_OK) return s;
     if (params->kernels != ctx->params.kernels || params->n_threads != ctx->params.n_threads
-        || params->kv_fp16 != ctx->params.kv_fp16) {
-        return sb_fail(ctx->err, SB_ERR_ARG, "kernels, threads and the KV cache type are "
-                       "chosen when the model is opened");
+        || params->kv_fp16 != ctx->params.kv_fp16 || params->mem_limit != ctx->params.mem_limit) {
+        return sb_fail(ctx->err, SB_ERR_ARG, "kernels, threads, the KV cache type and the "
+                       "memory limit are chosen when the model is opened");
     }
     ctx->params = *params;
     sb_sampler_set(&ctx->sampler, params->temperature, params->topp, params->seed);
@@ -220,12 +319,10 @@ sb_status sb_reset(sb_context *ctx, const sb_params *params) {
 
 sb_status sb_tokenize(sb_context *ctx, const char *text, int *tokens, int cap, int *n) {
     if (!ctx || !text || !tokens || !n || cap < 0) return SB_ERR_ARG;
-    size_t len = strlen(text);
-    int *tmp = malloc(sizeof(int) * (len + 2));
-    if (!tmp) return sb_fail(ctx->err, SB_ERR_NOMEM, "out of memory for %zu tokens", len + 2);
-    int count = 0;
-    sb_status s = sb_tokenizer_encode(&ctx->tokenizer, text, tmp, &count, ctx->err);
-    if (s == SB_OK && count > cap) {
+    int *tmp = NULL, count = 0;
+    sb_status s = encode(ctx, text, &tmp, &count);
+    if (s != SB_OK) return s;
+    if (count > cap) {
         s = sb_fail(ctx->err, SB_ERR_ARG, "text is %d tokens; the buffer holds %d", count, cap);
     }
     if (s == SB_OK) {
@@ -251,6 +348,11 @@ sb_status sb_score(sb_context *ctx, const int *tokens, int n, float *logprobs) {
     float *logits = ctx->state.logits;
     for (int i = 0; i + 1 < n; i++) {
         sb_forward(&ctx->model, &ctx->state, tokens[i], i, 1);
+        sb_status s = check_logits(ctx, i);
+        if (s != SB_OK) {
+            ctx->started = 0;
+            return s;
+        }
         // log-softmax in double: a perplexity should not depend on float rounding
         double max = logits[0], sum = 0.0;
         for (int j = 1; j < c->vocab_size; j++) if (logits[j] > max) max = logits[j];
@@ -288,6 +390,7 @@ const char *sb_status_name(sb_status status) {
     case SB_ERR_FORMAT: return "bad file format";
     case SB_ERR_NOMEM: return "out of memory";
     case SB_ERR_STATE: return "call out of order";
+    case SB_ERR_NUMERIC: return "not a finite number";
     }
     return "unknown status";
 }

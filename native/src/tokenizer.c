@@ -201,6 +201,105 @@ static int utf8_len(const unsigned char *s) {
     return n;
 }
 
+/* The reference merges, again and again, the best-scoring adjacent pair whose joined
+ * string is a token (the leftmost on ties; only scores above -1e10), rescanning every
+ * pair each time: quadratic in the prompt's length. The same merges, in the same order,
+ * come from a heap of candidate pairs ordered by (score, then leftmost): tokens form a
+ * linked list in which a merged pair keeps its left node, so a node's index orders it
+ * left to right, and an entry is stale once its nodes no longer hold its ids side by side. */
+typedef struct {
+    float score;
+    int left, right;   // node indices
+    int id_left, id_right, id;
+} pair;
+
+static int pair_before(const pair *a, const pair *b) {
+    return a->score > b->score || (a->score == b->score && a->left < b->left);
+}
+
+typedef struct {
+    const sb_tokenizer *t;
+    int *tok, *next, *prev;
+    pair *heap;
+    int size;
+} merger;
+
+static void push(merger *m, int left, int right) {
+    const sb_tokenizer *t = m->t;
+    int a = m->tok[left], b = m->tok[right];
+    size_t la = (size_t)t->lengths[a], lb = (size_t)t->lengths[b];
+    memcpy(t->concat, t->vocab[a], la);
+    memcpy(t->concat + la, t->vocab[b], lb);
+    int id = lookup(t, t->concat, la + lb);
+    if (id < 0 || !(t->scores[id] > -1e10f)) return;
+    pair p = {t->scores[id], left, right, a, b, id};
+    int i = m->size++;
+    for (; i > 0 && pair_before(&p, &m->heap[(i - 1) / 2]); i = (i - 1) / 2) {
+        m->heap[i] = m->heap[(i - 1) / 2];
+    }
+    m->heap[i] = p;
+}
+
+static pair pop_best(merger *m) {
+    pair best = m->heap[0], last = m->heap[--m->size];
+    int i = 0;
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= m->size) break;
+        if (c + 1 < m->size && pair_before(&m->heap[c + 1], &m->heap[c])) c++;
+        if (!pair_before(&m->heap[c], &last)) break;
+        m->heap[i] = m->heap[c];
+        i = c;
+    }
+    if (m->size) m->heap[i] = last;
+    return best;
+}
+
+size_t sb_tokenizer_scratch(size_t len) {
+    return (len + 2) * (3 * sizeof(int) + 3 * sizeof(pair));
+}
+
+static sb_status merge(const sb_tokenizer *t, int *tokens, int *n_tokens, char *err) {
+    int n = *n_tokens;
+    if (n < 2) return SB_OK;
+    // every merge removes a node and pushes at most two pairs: n - 1 + 2 (n - 1) in all
+    merger m = {t, tokens, malloc(sizeof(int) * 2 * (size_t)n), NULL,
+                malloc(sizeof(pair) * 3 * (size_t)n), 0};
+    if (!m.next || !m.heap) {
+        free(m.next);
+        free(m.heap);
+        return sb_fail(err, SB_ERR_NOMEM, "out of memory encoding %d tokens", n);
+    }
+    m.prev = m.next + n;
+    for (int i = 0; i < n; i++) {
+        m.next[i] = i + 1 < n ? i + 1 : -1;
+        m.prev[i] = i - 1;
+    }
+    for (int i = 0; i + 1 < n; i++) push(&m, i, i + 1);
+    while (m.size) {
+        pair p = pop_best(&m);
+        if (m.next[p.left] != p.right || m.tok[p.left] != p.id_left
+            || m.tok[p.right] != p.id_right) {
+            continue; // a merge since its push changed or parted these nodes
+        }
+        m.tok[p.left] = p.id;
+        m.tok[p.right] = -1;
+        m.next[p.left] = m.next[p.right];
+        if (m.next[p.right] >= 0) m.prev[m.next[p.right]] = p.left;
+        m.next[p.right] = -1;
+        if (m.prev[p.left] >= 0) push(&m, m.prev[p.left], p.left);
+        if (m.next[p.left] >= 0) push(&m, p.left, m.next[p.left]);
+    }
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] >= 0) tokens[k++] = tokens[i];
+    }
+    *n_tokens = k;
+    free(m.next);
+    free(m.heap);
+    return SB_OK;
+}
+
 sb_status sb_tokenizer_encode(const sb_tokenizer *t, const char *text, int *tokens,
                               int *n_tokens, char *err) {
     int n = 0;
@@ -233,28 +332,9 @@ sb_status sb_tokenizer_encode(const sb_tokenizer *t, const char *text, int *toke
         c += cl;
     }
 
-    // merge the best-scoring adjacent pair (the leftmost on ties) until none is in the vocab
-    for (;;) {
-        float best_score = -1e10f;
-        int best_id = -1, best_idx = -1;
-        for (int i = 0; i + 1 < n; i++) {
-            size_t la = (size_t)t->lengths[tokens[i]], lb = (size_t)t->lengths[tokens[i + 1]];
-            memcpy(t->concat, t->vocab[tokens[i]], la);
-            memcpy(t->concat + la, t->vocab[tokens[i + 1]], lb);
-            int id = lookup(t, t->concat, la + lb);
-            if (id >= 0 && t->scores[id] > best_score) {
-                best_score = t->scores[id];
-                best_id = id;
-                best_idx = i;
-            }
-        }
-        if (best_idx < 0) break;
-        tokens[best_idx] = best_id;
-        memmove(tokens + best_idx + 1, tokens + best_idx + 2, sizeof(int) * (size_t)(n - best_idx - 2));
-        n--;
-    }
+    sb_status s = merge(t, tokens, &n, err);
     *n_tokens = n;
-    return SB_OK;
+    return s;
 }
 
 // ----------------------------------------------------------------------------
