@@ -104,6 +104,9 @@ class Telling:
     """Why the story was cut short, if it was."""
     failed: str | None = None
     """Why generation failed, if it did (the asker gets an error, not a story-end)."""
+    number: int = 0
+    """The engine's number for it (Engine.new_story): a stop names it, so a stop that
+    comes before generation starts is not lost."""
     in_flight: int = 0
     voice_done: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -343,7 +346,8 @@ class Board:
             self._listen_timer = None
         self._story_id += 1
         voice = self._voice is not None and self._voice.link is not None
-        story = Telling(self._story_id, shaped, to_voice=voice, prompt=prompt, asker=asker)
+        story = Telling(self._story_id, shaped, to_voice=voice, prompt=prompt, asker=asker,
+                        number=self.engine.new_story())
         _LOGGER.info("Story %d (%s): %s%s", story.id, why, describe(shaped),
                      "" if voice else "; no voice host, the story goes to the log")
         self.story = story
@@ -356,7 +360,7 @@ class Board:
             return
         _LOGGER.info("Stopping story %d: %s", story.id, why)
         story.stopped = why
-        self.engine.stop()
+        self.engine.stop(story.number)
         story.changed.set()
         if story.to_voice:
             try:
@@ -400,7 +404,7 @@ class Board:
         finally:
             if worker.is_alive() and not generated:
                 story.stopped = story.stopped or "cancelled"
-                self.engine.stop()
+                self.engine.stop(story.number)
             while worker.is_alive():  # a token takes milliseconds; ending takes less
                 await asyncio.sleep(0.01)
             self._inbox.put_nowait(("told", story))
@@ -435,13 +439,10 @@ class Board:
         params = replace(self.engine.params, temperature=settings.temperature,
                          topp=settings.topp, seed=settings.seed, steps=settings.steps)
         text = Story(self.engine, story.shaped.opening, params, settings.story,
-                     word_filter=self.words)
+                     word_filter=self.words, story=story.number)
         try:
             with closing(text.sentences()) as sentences:
                 for sentence in sentences:
-                    # A stop that came before the story started would be cleared by its start.
-                    if story.stopped:
-                        break
                     put(sentence)
             story.blocked = text.stats.blocked
             _LOGGER.info("Story %d generated: %d tokens, ended by %s", story.id,

@@ -89,9 +89,13 @@ class Story:
         *,
         word_filter: WordFilter | None = None,
         on_sentence: Callable[[str], None] | None = None,
+        story: int | None = None,
     ) -> None:
-        """on_sentence(text) is called in the iterating thread as each sentence is released."""
+        """on_sentence(text) is called in the iterating thread as each sentence is released.
+        story: the engine's number for it (Engine.new_story), so that engine.stop(story)
+        ends every context of it, even before the first begins; None takes a new one."""
         self.engine = engine
+        self.story = story
         self.prompt = prompt
         self.params = params
         self.settings = settings
@@ -116,12 +120,14 @@ class Story:
         self._recent.clear()
         self._skip = 0
         prompt = self.prompt
+        if self.story is None:
+            self.story = self.engine.new_story()
         while True:
             self.stats.contexts += 1
             spoken_before = self.stats.sentences
             buffer = SentenceBuffer(self.settings.max_sentence_chars)
             try:
-                with closing(self.engine.generate(prompt, self.params)) as pieces:
+                with closing(self.engine.generate(prompt, self.params, self.story)) as pieces:
                     for piece in pieces:
                         yield self._release(buffer.feed(piece))
                         if self._enough_words():

@@ -7,7 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from modelgen import Header
 from buttonlines import FakeLine
 from test_voicehost import (FAST, SECRET, free_port, start_voice_host, stop_task, voice_host,
                             wait_until)
@@ -252,10 +254,14 @@ async def test_a_mashed_button_starts_one_story(engine):
 
 
 @pytest.mark.asyncio
-async def test_a_failed_story_is_an_error_to_the_asker(engine, capsys):
-    async with running_board(engine) as (board, address):
-        code = await ask(address, "Once upon a time " * 200, FAST, out=io.StringIO())
-        await told(board)
+async def test_a_failed_story_is_an_error_to_the_asker(tokenizer_path, tmp_path, capsys):
+    # A model whose weights are all NaN: the engine refuses its first token.
+    nan = tmp_path / "nan.bin"
+    nan.write_bytes(Header().pack() + np.full(Header().n_floats(), np.nan, "<f4").tobytes())
+    with Engine(nan, tokenizer_path) as broken:
+        async with running_board(broken) as (board, address):
+            code = await ask(address, "Once upon a time", FAST, out=io.StringIO())
+            await told(board)
     assert code == 1
     assert "error: story 1 failed:" in capsys.readouterr().err
 
