@@ -133,17 +133,23 @@ def test_finish_reasons(engine):
 
 
 def test_score_matches_generation(engine):
-    """Greedy tokens are the argmax: each scores at least as high as any other token
-    in its place."""
+    """Greedy tokens are the argmax: each scores at least as high as any other token in
+    its place, the likeliest rivals included (what sampling picks there)."""
     ids = [1] + [t.id for t in engine.tokens("Once", GREEDY)]
     logprobs = engine.score(ids)
     assert len(logprobs) == len(ids) - 1
     assert all(lp <= 0 for lp in logprobs)
+    pieces = [t.piece for t in engine.tokens("Once", GREEDY)]
     for i in (3, 10, 30):
-        others = [t for t in range(0, 32000, 997) if t != ids[i + 1]]
-        for other in others:
+        prefix = b"".join(pieces[:i]).decode()  # the greedy text so far, as a prompt
+        assert engine.tokenize(prefix) == ids[:i + 1]
+        rivals = set(range(0, 32000, 997))
+        for seed in range(1, 9):  # tokens sampled in this place: the close rivals
+            rivals.add([t.id for t in engine.tokens(prefix, Params(seed=seed, steps=i + 2))][-1])
+        rivals.discard(ids[i + 1])
+        assert len(rivals) > 30
+        for other in rivals:
             assert engine.score(ids[:i + 1] + [other])[-1] <= logprobs[i]
-    assert engine.tokenize("Once") == ids[:2]
 
 
 def test_generic_kernels_agree(model_path, tokenizer_path, engine):
