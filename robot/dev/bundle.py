@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -182,6 +183,7 @@ def stage(directory: Path, built: dict[str, Path], model: Path, tokenizer: Path)
     for src in sorted((REPO / "robot" / "data").iterdir()):
         _copy(src, package / "data" / src.name)
     _copy(REPO / "native" / "include" / "storybot.h", package / "storybot.h")
+    write_abi_module(REPO / "native" / "include" / "storybot.h", package / "_abi_ffi.py")
 
     _LOGGER.info("quantizing %s to %s", model, MODEL_FORMAT)
     (directory / "models").mkdir(parents=True, exist_ok=True)
@@ -199,6 +201,23 @@ def stage(directory: Path, built: dict[str, Path], model: Path, tokenizer: Path)
         base + "\n# --- this bundle ----------------------------------------------------------\n"
         "# The 4-bit model shipped in PREFIX/current/models, which bin/storybot searches first.\n"
         f"STORYBOT_MODEL={MODEL_NAME}\n")
+
+
+def write_abi_module(header: Path, dest: Path) -> None:
+    """robot/_abi_ffi.py: the header's declarations as cffi's out-of-line ABI mode keeps
+    them (a type table for _cffi_backend), which robot._abi loads instead of parsing the
+    header with cffi and pycparser on the board: 5 MiB less (robot/dev/memory.py)."""
+    from cffi import FFI
+
+    from .._cdef import cdef_from_header
+
+    ffi = FFI()
+    ffi.cdef(cdef_from_header(header))
+    ffi.set_source("robot._abi_ffi", None)
+    code = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()):  # cffi says "generating <file>"
+        ffi.emit_python_code(code)
+    dest.write_text(code.getvalue())
 
 
 def _copy(src: Path, dst: Path, mode: int = 0o644) -> None:
@@ -576,11 +595,21 @@ def register(subparsers) -> None:
     p.add_argument("--count-steps", type=int, default=16,
                    help="positions to count instructions over; 0: do not count "
                         "(default: %(default)s)")
+    p.add_argument("--breakdown", metavar="DIR", default=None,
+                   help="build nothing: measure the bundle in DIR's board daemon by mapping, "
+                        "import by import and over a story of --measure-steps positions "
+                        "(robot/dev/memory.py)")
     p.set_defaults(func=_cmd_bundle)
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
     userland = Path(args.userland) if args.userland else default_userland()
+    if args.breakdown:
+        from . import memory
+        if userland is None:
+            raise SystemExit("no riscv64 userland to run the daemon in (tools/riscv/userland.sh)")
+        print(memory.report(Path(args.breakdown).resolve(), userland, args.measure_steps), end="")
+        return 0
     b = build(models.find(args.model), models.find(args.tokenizer), Path(args.out),
               userland=userland, measure_steps=args.measure_steps, count_steps=args.count_steps)
     print((b.directory / "BUNDLE.txt").read_text())
