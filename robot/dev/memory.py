@@ -4,9 +4,9 @@ Measured as `storybot bundle` measures (robot.dev.bundle.guest_rss): a bundle's 
 Python runs under qemu-user with the guest in a region of its own, and the resident
 pages of each mapping in that region are read off qemu's /proc/PID/smaps. Two tables:
 
-* imports: the guest python3 imports the daemon's modules one step at a time (the order
-  robot.board imports them), and after each step the resident set is read, so each
-  row is what that step added;
+* step by step: the guest python3 imports the daemon's modules one at a time (the order
+  robot.board imports them), opens the engine and tells a story, and after each step
+  the resident set is read, so each row is what that step added;
 * the daemon: `storybot serve` telling one story, its resident set by mapping once
   ready and at the story's peak. File mappings are named by file; anonymous ones
   (malloc's heap and arenas, Python's object arenas, the KV cache, thread stacks) by
@@ -26,20 +26,20 @@ from . import bundle
 
 MIB = 1 / 2**20
 
-# What `python3 -m robot.cli serve` imports, in order, one step per row.
-IMPORT_STEPS = [
-    "pass",  # the interpreter, site and the driver below
-    "import robot.cli",
-    "sys.modules.setdefault('ssl', None)",  # as robot.board does first
-    "import robot._abi",
-    "import robot.engine",
-    "import asyncio",
-    "import robot.link",
-    "import robot.button",
-    "import robot.prompts",
-    "import robot.story",
-    "import robot.board",
-    "import robot.service",
+# What `python3 -m robot.cli serve` imports, in order, one step per row, then the
+# engine it opens and a story: (label, code the guest runs).
+STEPS = [
+    ("python3", "pass"),  # the interpreter, site and the driver below
+    ("import robot.cli", "import robot.cli"),
+    ("ssl kept out", "sys.modules.setdefault('ssl', None)"),  # as robot.board does first
+    *((f"import {m}", f"import {m}") for m in (
+        "robot._abi", "robot.engine", "asyncio", "robot.link", "robot.button",
+        "robot.prompts", "robot.story", "robot.board", "robot.service")),
+    ("Engine(model, tokenizer)",
+     "engine = robot.engine.Engine(robot.models.find({model!r}), "
+     "robot.models.find('tokenizer.bin'))"),
+    ("a story, {steps} positions",
+     "for _ in engine.tokens('Once upon a time', robot.engine.Params(seed=1, steps={steps})): pass"),
 ]
 
 # Runs the lines it reads, one at a time, answering each, so that the host can read the
@@ -74,25 +74,30 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f}M" if n >= 2**20 else f"{n // 1024}K"
 
 
-def imports(directory: Path, root: Path, python_flags: list[str] = ()) -> list[tuple[str, dict]]:
-    """(step, resident set by mapping after it) for each of IMPORT_STEPS."""
-    env = bundle.board_env(directory, directory / "lib" / "glibc-rv64gc" / "libstorybot.so")
+def model_of(directory: Path) -> str:
+    """The bundle's model: the one file in models/ beside tokenizer.bin (which may be
+    another format than the bundle's own, to measure what a model of its size costs)."""
+    names = [p.name for p in (directory / "models").glob("*.bin") if p.name != "tokenizer.bin"]
+    if len(names) != 1:
+        raise ValueError(f"{directory / 'models'} should hold one model, not {names}")
+    return names[0]
+
+
+def imports(directory: Path, root: Path, steps: int) -> list[tuple[str, dict]]:
+    """(step, resident set by mapping after it) for each of STEPS."""
+    env = bundle.daemon_env(directory, root)
     python = str(root / "usr" / "bin" / "python3")
-    # bytecode first, as install.sh makes it: compiling holds the compiler's memory too
-    subprocess.run([*bundle.qemu_user(root), python, *python_flags, "-c",
-                    "import robot.board, robot.cli, robot.service"],
-                   env=env, cwd=directory, check=True)
-    proc = subprocess.Popen([*bundle.qemu_user(root), python, *python_flags, "-c", _DRIVER],
+    proc = subprocess.Popen([*bundle.qemu_user(root, c906=True), python, "-c", _DRIVER],
                             env=env, cwd=directory, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     rows = []
     try:
-        for step in IMPORT_STEPS:
-            proc.stdin.write(step + "\n")
+        for label, code in STEPS:
+            proc.stdin.write(code.format(steps=steps, model=model_of(directory)) + "\n")
             proc.stdin.flush()
             if proc.stdout.readline() != "ok\n":
-                raise RuntimeError(f"the guest python3 failed at {step!r}")
-            rows.append((step, by_mapping(proc.pid)))
+                raise RuntimeError(f"the guest python3 failed at {code!r}")
+            rows.append((label.format(steps=steps), by_mapping(proc.pid)))
     finally:
         proc.stdin.close()
         proc.wait(60)
@@ -104,14 +109,10 @@ def daemon(directory: Path, root: Path, steps: int, extra_env: dict | None = Non
     """The daemon's resident set by mapping: "ready", "peak" (of the story) and "idle"."""
     from ..ask import ask
 
-    env = bundle.board_env(directory, directory / "lib" / "glibc-rv64gc" / "libstorybot.so")
-    env.update(extra_env or {})
-    python = str(root / "usr" / "bin" / "python3")
-    subprocess.run([*bundle.qemu_user(root), python, "-c",
-                    "import robot.board, robot.cli, robot.service"],
-                   env=env, cwd=directory, check=True)
+    env = {**bundle.daemon_env(directory, root), **(extra_env or {})}
     control = f"127.0.0.1:{bundle.free_port()}"
-    d = bundle.Daemon(bundle.serve_argv(root, control, "--steps", str(steps)), env, cwd=directory)
+    d = bundle.Daemon(bundle.serve_argv(root, control, "--steps", str(steps), c906=True,
+                                        model=model_of(directory)), env, cwd=directory)
     shots: dict[str, dict] = {}
     peak = [0, {}]
     stop = threading.Event()
@@ -155,13 +156,13 @@ def _rows(labels: dict[str, int], limit: float = 0.05) -> list[tuple[str, float]
 
 def report(directory: Path, root: Path, steps: int) -> str:
     lines = [f"storybot serve's resident memory under qemu-user, by mapping ({directory.name})",
-             "", "IMPORTS (MiB added by each step, total after it)"]
+             "", "STEP BY STEP (MiB added by each step, total after it)"]
     prev: dict[str, int] = {}
-    for step, now in imports(directory, root):
+    for step, now in imports(directory, root, steps):
         # a growing anonymous mapping changes its label: compare over both steps' labels
         added = {k: now.get(k, 0) - prev.get(k, 0) for k in now.keys() | prev.keys()}
         top = ", ".join(f"{k} {v * MIB:+.2f}" for k, v in added.items() if abs(v) * MIB >= 0.25)
-        lines.append(f"  {step:<22} {sum(added.values()) * MIB:+6.2f}  = {sum(now.values()) * MIB:6.2f}"
+        lines.append(f"  {step:<28} {sum(added.values()) * MIB:+6.2f}  = {sum(now.values()) * MIB:6.2f}"
                      f"   {top}")
         prev = now
     shots = daemon(directory, root, steps)
