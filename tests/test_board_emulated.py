@@ -25,7 +25,7 @@ from test_install import board_bundle, need, userland  # noqa: F401  (board_bund
 from test_voicehost import wav_seconds
 
 from robot import link
-from robot.dev import bench, bundle
+from robot.dev import bench, bundle, memory
 from robot.engine import Engine, Params
 from robot.story import Story, is_complete
 from robot.voicehost import VoiceHost, VoiceHostSettings
@@ -137,6 +137,21 @@ def test_the_board_loads_its_library_without_cffis_parser(release, root):
                           env=bundle.board_env(release), cwd=release, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "[]"]
+
+
+def test_the_memory_breakdown_accounts_for_the_daemons_steps(board_bundle, root):  # noqa: F811
+    """storybot bundle --breakdown's step table: each step's resident set under T-Head's
+    qemu, the model's pages arriving with the story, the C906's KV cache in halves."""
+    rows = memory.imports(board_bundle.directory, root, 8)
+    assert [label for label, _ in rows][-2:] == ["Engine(model, tokenizer)", "a story, 8 positions"]
+    totals = [sum(now.values()) for _, now in rows]
+    assert totals[0] > 4 * 2**20 and totals == sorted(totals)
+    before, after = rows[-2][1], rows[-1][1]
+    assert after[bundle.MODEL_NAME] > 0.95 * (board_bundle.directory / "models" /
+                                              bundle.MODEL_NAME).stat().st_size
+    assert before.get(bundle.MODEL_NAME, 0) < 2**20  # mapped, not yet read
+    # fp16 KV cache (1.7 MiB) + activations + tokenizer and sampler tables (~1.3 MiB)
+    assert totals[-2] - totals[-3] < 3.5 * 2**20
 
 
 def test_the_c906_library_tells_the_x86_vector_story(release, root, cli):
