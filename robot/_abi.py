@@ -8,10 +8,6 @@ import logging
 import os
 from pathlib import Path
 
-from cffi import FFI
-
-from ._cdef import cdef_from_header
-
 _LOGGER = logging.getLogger(__name__)
 
 _HERE = Path(__file__).resolve().parent
@@ -24,9 +20,18 @@ def _first(*candidates):
     raise ImportError(f"storybot header or library not found (tried {', '.join(str(c) for c in candidates if c)})")
 
 
-ffi = FFI()
-ffi.cdef(cdef_from_header(_first(os.environ.get("STORYBOT_HEADER"), _HERE / "storybot.h",
-                                 _HERE.parent / "native" / "include" / "storybot.h")))
+try:
+    # The board bundle's: the header's types compiled by cffi at build time (out-of-line
+    # ABI mode), so that the board never imports cffi's parser (~5 MiB, robot/dev/memory.py).
+    from ._abi_ffi import ffi
+except ImportError:
+    from cffi import FFI
+
+    from ._cdef import cdef_from_header
+
+    ffi = FFI()
+    ffi.cdef(cdef_from_header(_first(os.environ.get("STORYBOT_HEADER"), _HERE / "storybot.h",
+                                     _HERE.parent / "native" / "include" / "storybot.h")))
 _path = _first(os.environ.get("STORYBOT_LIB"), _HERE / "libstorybot.so",
                _HERE.parent / "native" / "build" / "libstorybot.so")
 lib = ffi.dlopen(str(_path))

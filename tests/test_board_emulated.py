@@ -25,7 +25,7 @@ from test_install import board_bundle, need, userland  # noqa: F401  (board_bund
 from test_voicehost import wav_seconds
 
 from robot import link, seal
-from robot.dev import bench, bundle
+from robot.dev import bench, bundle, memory
 from robot.engine import Engine, Params
 from robot.story import Story, is_complete
 from robot.voicehost import VoiceHost, VoiceHostSettings
@@ -86,7 +86,7 @@ def test_the_bundle_says_what_it_holds_and_needs(board_bundle):  # noqa: F811
                 "bin/storybot", "bin/storybot-run.rv64gc", "bin/storybot-run.c906",
                 "lib/musl-rv64gc/libstorybot.so", "lib/musl-c906/libstorybot.so",
                 "lib/glibc-rv64gc/libstorybot.so", "lib/glibc-c906/libstorybot.so",
-                "python/robot/engine.py", "python/robot/storybot.h",
+                "python/robot/engine.py", "python/robot/storybot.h", "python/robot/_abi_ffi.py",
                 f"models/{bundle.MODEL_NAME}", "models/tokenizer.bin", "service/S99storybot"):
         assert (d / rel).is_file(), rel
     assert not list(d.rglob("_native*")) and not list(d.rglob("__pycache__"))
@@ -130,6 +130,32 @@ def test_generate_in_abi_mode_tells_the_x86_story(release, root, cli):
     assert got == x86_cli(cli, model, model.parent / "tokenizer.bin", "generic", STEPS, PROMPT)
 
 
+def test_the_board_loads_its_library_without_cffis_parser(release, root):
+    """The bundle's out-of-line ABI module (robot/_abi_ffi.py) replaces parsing the header
+    with cffi and pycparser, ~5 MiB of the board daemon (robot/dev/memory.py)."""
+    proc = subprocess.run([*bundle.qemu_user(root), str(root / "usr/bin/python3"), "-c",
+                           "import sys, robot.engine; print(robot.engine.lib.SB_OK, sorted("
+                           "m for m in sys.modules if m.split('.')[0] in ('cffi', 'pycparser')))"],
+                          env=bundle.board_env(release), cwd=release, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "[]"]
+
+
+def test_the_memory_breakdown_accounts_for_the_daemons_steps(board_bundle, root):  # noqa: F811
+    """storybot bundle --breakdown's step table: each step's resident set under T-Head's
+    qemu, the model's pages arriving with the story, the C906's KV cache in halves."""
+    rows = memory.imports(board_bundle.directory, root, 8)
+    assert [label for label, _ in rows][-2:] == ["Engine(model, tokenizer)", "a story, 8 positions"]
+    totals = [sum(now.values()) for _, now in rows]
+    assert totals[0] > 4 * 2**20 and totals == sorted(totals)
+    before, after = rows[-2][1], rows[-1][1]
+    assert after[bundle.MODEL_NAME] > 0.95 * (board_bundle.directory / "models" /
+                                              bundle.MODEL_NAME).stat().st_size
+    assert before.get(bundle.MODEL_NAME, 0) < 2**20  # mapped, not yet read
+    # fp16 KV cache (1.7 MiB) + activations + tokenizer and sampler tables (~1.3 MiB)
+    assert totals[-2] - totals[-3] < 3.5 * 2**20
+
+
 def test_the_c906_library_tells_the_x86_vector_story(release, root, cli):
     need("avx2" in Path("/proc/cpuinfo").read_text(), "an AVX2 host (x86's int8 vector kernels)")
     env = bench.riscv_env()
@@ -137,8 +163,9 @@ def test_the_c906_library_tells_the_x86_vector_story(release, root, cli):
     lib = release / "lib" / "glibc-c906" / "libstorybot.so"
     qemu = [env["RV_XUANTIE_QEMU"], "-cpu", "c906fdv", "-L", str(root)]
     got = riscv_generate(qemu, root, bundle.board_env(release, lib), model, 24)
-    # the board keeps a quantized model's KV cache in fp32 (no vector half conversions)
-    assert got == x86_cli(cli, model, model.parent / "tokenizer.bin", "auto", 24, PROMPT, "fp32")
+    # both keep a quantized model's KV cache in fp16, converted in vector instructions,
+    # and round each product of the attention as the portable kernels do
+    assert got == x86_cli(cli, model, model.parent / "tokenizer.bin", "auto", 24, PROMPT, "fp16")
 
 
 class Recording:

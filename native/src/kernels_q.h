@@ -67,6 +67,14 @@ extern const sb_qkernel_choice sb_qkernels_x86[];
 #if defined(__riscv_vector) || defined(__riscv_xtheadvector)
 extern const sb_qkernel_set sb_qkernels_rvv;
 int sb_qrvv_usable(void); // 32 int8 lanes in LMUL 2 (VLEN >= 128)
+#if defined(__riscv_xtheadvector)
+/* The fp16 KV kernels in XTheadVector's half conversions (kernels_rvv.c). */
+void sb_f16_store_xt(uint16_t *dst, const float *src, int n);
+void sb_f16_scores_xt(float *att, const float *q, const uint16_t *kt, int head_size,
+                      int seq_len, int n);
+void sb_f16_mix_xt(float *out, const float *att, const uint16_t *v, int head_size, int stride,
+                   int n);
+#endif
 #endif
 
 #endif

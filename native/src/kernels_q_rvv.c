@@ -300,9 +300,16 @@ const sb_qkernel_set sb_qkernels_rvv = {
     .matvec_q8_0 = matvec_q8_0_rvv,
     .matvec_q4_0 = matvec_q4_0_rvv,
     .matvec_q8_rows = matvec_q8_rows_rvv,
+#if defined(__riscv_xtheadvector)
+    .f16_vector = 1,
+    .f16_store = sb_f16_store_xt,
+    .f16_scores = sb_f16_scores_xt,
+    .f16_mix = sb_f16_mix_xt,
+#else
     // the fp16 KV cache uses the portable conversions here (vector halves need Zvfh)
     .f16_store = sb_f16_store_generic,
     .f16_scores = sb_f16_scores_generic,
     .f16_mix = sb_f16_mix_generic,
+#endif
 };
 #endif

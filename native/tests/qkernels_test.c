@@ -171,7 +171,11 @@ static void test_f16(const sb_qkernel_set *k) {
     for (int i = 0; i < SEQ * KV; i++) v[i] = sb_f32_to_f16((float)rand_int(-1000, 1000) * 1e-3f);
     for (int i = 0; i < HS; i++) q[i] = (float)rand_int(-1000, 1000) * 1e-3f;
     int npos = 37;
+    float gatt[SEQ], gout[HS];
     k->f16_scores(att, q, kt, HS, SEQ, npos);
+    sb_f16_scores_generic(gatt, q, kt, HS, SEQ, npos);
+    ok = memcmp(att, gatt, sizeof(float) * npos) == 0; // every set rounds as the portable one
+    check(ok, "f16_scores equals generic", k->name, HS, npos);
     ok = 1;
     for (int t = 0; t < npos; t++) {
         double e = 0.0;
@@ -181,6 +185,9 @@ static void test_f16(const sb_qkernel_set *k) {
     check(ok, "f16_scores", k->name, HS, npos);
     for (int t = 0; t < npos; t++) att[t] = (float)rand_int(0, 1000) * 1e-3f;
     k->f16_mix(out, att, v + 8, HS, KV, npos);
+    sb_f16_mix_generic(gout, att, v + 8, HS, KV, npos);
+    ok = memcmp(out, gout, sizeof(float) * HS) == 0;
+    check(ok, "f16_mix equals generic", k->name, HS, npos);
     ok = 1;
     for (int i = 0; i < HS; i++) {
         double e = 0.0;

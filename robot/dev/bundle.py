@@ -17,23 +17,28 @@ the start of MANIFEST's sha256 (install.sh names the release after it)::
     lib/musl-c906/              ... the same on a C906 (the objects of storybot-run.c906)
     lib/glibc-rv64gc/           ... for a glibc Python (Debian) on any riscv64 (gcc 12)
     lib/glibc-c906/             ... for a glibc Python on a C906 (GCC 14, XTheadVector)
-    python/robot/               robot/*.py, data/, storybot.h (ABI mode reads the header)
+    python/robot/               robot/*.py, data/, storybot.h, and _abi_ffi.py: the header's
+                                declarations for cffi's out-of-line ABI mode
     models/                     the 4-bit (q4_0) model made by robot.quantize, tokenizer.bin
     service/                    systemd/'s init script and units
 
 install.sh picks the library by the board's C library and CPU. No compiled cffi
-extension is shipped: ABI mode works on any Python that has cffi. musl's libm rounds
+extension is shipped: ABI mode works on any Python that has cffi (its _cffi_backend is
+all the board imports of it). musl's libm rounds
 some functions differently from glibc's, so a musl build tells a different story than
 a glibc build (or llama2.c's run, on glibc) from the same seed; each is deterministic.
 
 The sizes and RAM in BUNDLE.txt are measured on the bundle as built, under qemu-user
-(the riscv64 program's own resident pages, see guest_rss), and the instruction counts
-with the qemu insncount plugin (tools/riscv).
+(the riscv64 program's own resident pages, see guest_rss; the daemon with the C906
+library under T-Head's qemu, as the Duo runs it), and the instruction counts with the
+qemu insncount plugin (tools/riscv). `storybot bundle --breakdown DIR` splits the
+daemon's memory by mapping and import (robot/dev/memory.py).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -57,9 +62,9 @@ from . import bench, quantize
 _LOGGER = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-# 4-bit, not int8: storybot serve with q8_0 peaks at 40.9 MiB under emulation,
-# above the Duo's 38 MB free; q4_0 takes 7 MiB less (and fewer cycles per token), for a
-# perplexity 1.12x fp32's instead of 1.001x (README, "Models and what they cost").
+# 4-bit, not int8: storybot serve with q8_0 peaks at 37.0 MiB under emulation, more
+# than the Duo's ~36 MiB free; q4_0 takes 7.2 MiB less (and fewer cycles per token), for
+# a perplexity 1.12x fp32's instead of 1.001x (README, "Models and what they cost").
 MODEL_FORMAT = "q4_0"
 MODEL_NAME = f"stories15M.{MODEL_FORMAT}.bin"
 PROMPT = "Once upon a time"
@@ -100,6 +105,9 @@ COUNTED = {
 # qemu's. Reserving the guest a region of its own (-R) at a fixed base (-B) puts every
 # guest page in [base, base + size), so the guest's resident set can be read off qemu's
 # /proc/PID/smaps. 4 GiB is far more than a program for a 64 MB board maps.
+# The board daemon's library, as install.sh links it on the Duo (glibc: the userland's
+# python3 is Debian's; the musl build has the same objects).
+DAEMON_LIB = "glibc-c906"
 GUEST_BASE = 0x1000_0000_0000
 GUEST_SIZE = 0x1_0000_0000
 
@@ -182,6 +190,7 @@ def stage(directory: Path, built: dict[str, Path], model: Path, tokenizer: Path)
     for src in sorted((REPO / "robot" / "data").iterdir()):
         _copy(src, package / "data" / src.name)
     _copy(REPO / "native" / "include" / "storybot.h", package / "storybot.h")
+    write_abi_module(REPO / "native" / "include" / "storybot.h", package / "_abi_ffi.py")
 
     _LOGGER.info("quantizing %s to %s", model, MODEL_FORMAT)
     (directory / "models").mkdir(parents=True, exist_ok=True)
@@ -199,6 +208,23 @@ def stage(directory: Path, built: dict[str, Path], model: Path, tokenizer: Path)
         base + "\n# --- this bundle ----------------------------------------------------------\n"
         "# The 4-bit model shipped in PREFIX/current/models, which bin/storybot searches first.\n"
         f"STORYBOT_MODEL={MODEL_NAME}\n")
+
+
+def write_abi_module(header: Path, dest: Path) -> None:
+    """robot/_abi_ffi.py: the header's declarations as cffi's out-of-line ABI mode keeps
+    them (a type table for _cffi_backend), which robot._abi loads instead of parsing the
+    header with cffi and pycparser on the board: 5 MiB less (robot/dev/memory.py)."""
+    from cffi import FFI
+
+    from .._cdef import cdef_from_header
+
+    ffi = FFI()
+    ffi.cdef(cdef_from_header(header))
+    ffi.set_source("robot._abi_ffi", None)
+    code = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()):  # cffi says "generating <file>"
+        ffi.emit_python_code(code)
+    dest.write_text(code.getvalue())
 
 
 def _copy(src: Path, dst: Path, mode: int = 0o644) -> None:
@@ -288,8 +314,13 @@ class _Sampler:
         return self.peak
 
 
-def qemu_user(root: Path | None = None) -> list[str]:
-    """qemu-user for riscv64 with the guest in a region of its own (see GUEST_BASE)."""
+def qemu_user(root: Path | None = None, c906: bool = False) -> list[str]:
+    """qemu-user for riscv64 with the guest in a region of its own (see GUEST_BASE);
+    c906: T-Head's qemu (tools/riscv), which runs XTheadVector code, as a C906."""
+    if c906:
+        qemu = bench.riscv_env()["RV_XUANTIE_QEMU"]
+        argv = [qemu, "-cpu", "c906fdv", "-B", hex(GUEST_BASE), "-R", hex(GUEST_SIZE)]
+        return argv + (["-L", str(root)] if root else [])
     qemu = shutil.which("qemu-riscv64-static") or shutil.which("qemu-riscv64")
     if qemu is None:
         raise RuntimeError("no qemu-riscv64-static (apt install qemu-user-static)")
@@ -365,10 +396,11 @@ class Daemon:
             return self.proc.wait()
 
 
-def serve_argv(root: Path, control: str, *extra: str) -> list[str]:
+def serve_argv(root: Path, control: str, *extra: str, c906: bool = False,
+               model: str = MODEL_NAME) -> list[str]:
     """storybot serve with the userland's python3, as bin/storybot would run it."""
-    return [*qemu_user(root), str(root / "usr" / "bin" / "python3"), "-m", "robot.cli", "serve",
-            "--control", control, "--button", "none", "--model", MODEL_NAME, *extra]
+    return [*qemu_user(root, c906), str(root / "usr" / "bin" / "python3"), "-m", "robot.cli",
+            "serve", "--control", control, "--button", "none", "--model", model, *extra]
 
 
 def free_port() -> int:
@@ -377,19 +409,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def daemon_env(directory: Path, root: Path) -> dict[str, str]:
+    """The environment of the measured daemon, its modules compiled to bytecode first, as
+    install.sh compiles them on the board (a run that compiles holds the compiler's
+    memory too). The Duo's daemon runs the C906 library (lib/DAEMON_LIB: vector kernels,
+    and with them the fp16 KV cache of quantized models), so it is measured under
+    T-Head's qemu with that library."""
+    env = board_env(directory, directory / "lib" / DAEMON_LIB / "libstorybot.so")
+    subprocess.run([*qemu_user(root, c906=True), str(root / "usr" / "bin" / "python3"), "-c",
+                    "import robot.board, robot.cli, robot.service"],
+                   env=env, cwd=directory, check=True)
+    return env
+
+
 def measure_daemon(directory: Path, root: Path, steps: int) -> tuple[tuple[int, int], int, int]:
     """((peak guest RSS, of which model), RSS once idle again, sentences) of storybot serve
     telling one story of `steps` positions, asked for on its control port."""
     from ..ask import ask
 
-    python = str(root / "usr" / "bin" / "python3")
-    env = board_env(directory, directory / "lib" / "glibc-rv64gc" / "libstorybot.so")
-    # Bytecode first, as install.sh makes it on the board: a run that compiles the
-    # modules holds the compiler's memory too. It is this python3's, so it goes after.
-    subprocess.run([*qemu_user(root), python, "-c", "import robot.board, robot.cli"],
-                   env=env, cwd=directory, check=True)
+    env = daemon_env(directory, root)
     control = f"127.0.0.1:{free_port()}"
-    daemon = Daemon(serve_argv(root, control, "--steps", str(steps)), env, cwd=directory)
+    daemon = Daemon(serve_argv(root, control, "--steps", str(steps), c906=True), env,
+                    cwd=directory)
     sampler = _Sampler(daemon.proc.pid)
     try:
         daemon.wait_for("Ready:", timeout=300)
@@ -469,7 +510,7 @@ def describe(directory: Path, m: Measurements) -> str:
             f"  storybot serve, one story of {m.steps} positions ({m.daemon_sentences} sentences):",
             f"    peak {m.daemon_peak_mb:.1f} MiB, of which the model {m.daemon_model_mb:.1f} MiB;"
             f" idle after it {m.daemon_idle_mb:.1f} MiB",
-            "    (python3 3.13 of Debian trixie, cffi ABI mode, lib/glibc-rv64gc)",
+            f"    (python3 3.13 of Debian trixie, cffi ABI mode, lib/{DAEMON_LIB}, T-Head's qemu)",
         ]
     lines += [
         f"  storybot-run.rv64gc, {m.steps} positions: peak {m.cli_peak_mb:.1f} MiB,"
@@ -576,11 +617,21 @@ def register(subparsers) -> None:
     p.add_argument("--count-steps", type=int, default=16,
                    help="positions to count instructions over; 0: do not count "
                         "(default: %(default)s)")
+    p.add_argument("--breakdown", metavar="DIR", default=None,
+                   help="build nothing: measure the bundle in DIR's board daemon by mapping, "
+                        "import by import and over a story of --measure-steps positions "
+                        "(robot/dev/memory.py)")
     p.set_defaults(func=_cmd_bundle)
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
     userland = Path(args.userland) if args.userland else default_userland()
+    if args.breakdown:
+        from . import memory
+        if userland is None:
+            raise SystemExit("no riscv64 userland to run the daemon in (tools/riscv/userland.sh)")
+        print(memory.report(Path(args.breakdown).resolve(), userland, args.measure_steps), end="")
+        return 0
     b = build(models.find(args.model), models.find(args.tokenizer), Path(args.out),
               userland=userland, measure_steps=args.measure_steps, count_steps=args.count_steps)
     print((b.directory / "BUNDLE.txt").read_text())
