@@ -176,7 +176,7 @@ class Recording:
         self.sample_rate = self.voice.sample_rate
         self.said: list[str] = []
 
-    def synthesize(self, text):
+    def synthesize(self, text, voice=None):
         self.said.append(text)
         return self.voice.synthesize(text)
 

@@ -51,7 +51,7 @@ class SilentVoice:
     def __init__(self, seconds: float) -> None:
         self._pcm = b"\0" * (2 * int(self.sample_rate * seconds))
 
-    def synthesize(self, text: str) -> Audio:
+    def synthesize(self, text: str, voice: str | None = None) -> Audio:
         return Audio(text, self._pcm, self.sample_rate, 0.0)
 
 
