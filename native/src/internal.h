@@ -45,6 +45,7 @@ typedef enum {
     SB_Q8_0 = 1, // int8, blocks of 32 rows x 32 columns stored column by column (quant.c)
     SB_Q4_0 = 2, // 4-bit, the same blocks with two columns per byte (quant.c)
     SB_Q8_ROWS = 3, // int8 row-major, one scale per group_size values (llama2.c ak42)
+    SB_F32_ROWS = 4, // fp32 row-major in a quantized file (inner dimension not whole groups)
 } sb_type;
 
 /* A weight matrix W (rows, cols) as the kernels want it. */
@@ -52,7 +53,8 @@ typedef struct {
     sb_type type;
     int rows, cols;
     const void *data;
-    const float *scales; // quantized types: one per group of group_size weights
+    const void *scales;  // quantized types: one per group of group_size weights, fp16
+                         // (SB_Q8_0, SB_Q4_0) or fp32 (SB_Q8_ROWS)
     int group_size;      // quantized types: a multiple of SB_QK
 } sb_matrix;
 
@@ -105,6 +107,8 @@ void sb_quantize_input(const sb_model *m, sb_state_q *s, const float *x, int n);
 /* Rows [r0, r1) of out = W @ x for a quantized W, x already in s; r0 % SB_QK == 0. */
 void sb_matvec_quant_rows(const sb_model *m, const sb_state_q *s, float *out,
                           const sb_matrix *w, int r0, int r1);
+/* The same for SB_F32_ROWS, from x itself. */
+void sb_matvec_f32_rows(float *out, const float *x, const sb_matrix *w, int r0, int r1);
 
 // ----------------------------------------------------------------------------
 // tokenizer (tokenizer.c)

@@ -16,9 +16,10 @@
 
 /* out (d,) = W (d, n) @ x, x given as Q8_0: xq (n,), xs (n / SB_QK,) and xsum, the sum
  * of xq per group. w and ws are the weights and their scales in the layout of the
- * matrix type (quant.c); gs is the weights' group size (SB_Q8_ROWS only). */
+ * matrix type (quant.c): fp16 scales for the blocks, fp32 for SB_Q8_ROWS; gs is the
+ * weights' group size (SB_Q8_ROWS only). */
 typedef void (*sb_qmatvec_fn)(float *out, const int8_t *xq, const float *xs,
-                              const int32_t *xsum, const void *w, const float *ws, int n,
+                              const int32_t *xsum, const void *w, const void *ws, int n,
                               int d, int gs);
 
 typedef struct {

@@ -73,12 +73,14 @@ static void quantize_q8_rvv(int8_t *xq, float *xs, int32_t *xsum, const float *x
     "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17", "v18", "v19", "v20", "v21", \
     "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31"
 
-/* acc += float(int sums in v24) * ws * xs */
+/* acc += float(int sums in v24) * ws * xs, the fp16 scales widened by vfwcvt */
 #define XT_SCALE_ADD                           \
+    "th.vsetvli zero, %[n32], e16, m4\n\t"     \
+    "th.vle.v v8, (%[ws])\n\t"                 \
+    "th.vfwcvt.f.f.v v16, v8\n\t"              \
     "th.vsetvli zero, %[n32], e32, m8\n\t"     \
     "th.vfcvt.f.x.v v24, v24\n\t"              \
-    "th.vle.v v8, (%[ws])\n\t"                 \
-    "th.vfmul.vv v24, v24, v8\n\t"             \
+    "th.vfmul.vv v24, v24, v16\n\t"            \
     "th.vle.v v16, (%[acc])\n\t"               \
     "th.vfmacc.vf v16, %[xs], v24\n\t"         \
     "th.vse.v v16, (%[acc])\n\t"
@@ -102,7 +104,7 @@ static void quantize_q8_rvv(int8_t *xq, float *xs, int32_t *xsum, const float *x
     "th.vwadd.wv v16, v24, v0\n\t"                   \
     "th.vwadd.wv v24, v16, v4\n\t"
 
-static void q8_group_xthead(float *acc, const int8_t *w, const int8_t *x, const float *ws,
+static void q8_group_xthead(float *acc, const int8_t *w, const int8_t *x, const uint16_t *ws,
                             float xs) {
     long t0, t1, t2, t3;
     __asm__ volatile(
@@ -143,7 +145,7 @@ static void q8_group_xthead(float *acc, const int8_t *w, const int8_t *x, const 
     "th.vsetvli zero, %[n32], e16, m4\n\t"                                  \
     "th.vwadd.wv " to ", " from ", v0\n\t"
 
-static void q4_group_xthead(float *acc, const uint8_t *w, const int8_t *x, const float *ws,
+static void q4_group_xthead(float *acc, const uint8_t *w, const int8_t *x, const uint16_t *ws,
                             float xs, int32_t start) {
     long t0, t1, t2, t3;
     __asm__ volatile(
@@ -158,7 +160,8 @@ static void q4_group_xthead(float *acc, const uint8_t *w, const int8_t *x, const
 }
 
 static void matvec_q8_0_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
-                            const void *w, const float *ws, int n, int d, int gs) {
+                            const void *w, const void *wsv, int n, int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)xsum, (void)gs;
     const int8_t *wq = w;
     int ng = n / SB_QK;
@@ -172,7 +175,8 @@ static void matvec_q8_0_rvv(float *out, const int8_t *xq, const float *xs, const
 }
 
 static void matvec_q4_0_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
-                            const void *w, const float *ws, int n, int d, int gs) {
+                            const void *w, const void *wsv, int n, int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)gs;
     const uint8_t *wq = w;
     int ng = n / SB_QK;
@@ -188,18 +192,31 @@ static void matvec_q4_0_rvv(float *out, const int8_t *xq, const float *xs, const
 
 #else /* RVV 1.0: intrinsics */
 
+/* fp16 scales (finite) -> float without Zvfh: the magnitude's bits moved into a
+ * float's places are its value times 2^-112 (subnormal halves included), the sign
+ * moved to bit 31. */
+static inline vfloat32m8_t load_scales(const uint16_t *ws, size_t vl) {
+    vuint32m8_t h = __riscv_vzext_vf2_u32m8(__riscv_vle16_v_u16m4(ws, vl), vl);
+    vuint32m8_t mag = __riscv_vsll_vx_u32m8(__riscv_vand_vx_u32m8(h, 0x7fff, vl), 13, vl);
+    vuint32m8_t sign = __riscv_vsll_vx_u32m8(__riscv_vand_vx_u32m8(h, 0x8000, vl), 16, vl);
+    vfloat32m8_t f = __riscv_vfmul_vf_f32m8(__riscv_vreinterpret_v_u32m8_f32m8(mag), 0x1p112f, vl);
+    return __riscv_vreinterpret_v_u32m8_f32m8(
+        __riscv_vor_vv_u32m8(__riscv_vreinterpret_v_f32m8_u32m8(f), sign, vl));
+}
+
 /* facc (32 rows) += float(isum) * scales * xs: once per block and group. */
-static inline vfloat32m8_t scale_add(vfloat32m8_t facc, vint32m8_t isum, const float *ws,
+static inline vfloat32m8_t scale_add(vfloat32m8_t facc, vint32m8_t isum, const uint16_t *ws,
                                      float xs, size_t vl) {
     vfloat32m8_t f = __riscv_vfcvt_f_x_v_f32m8(isum, vl);
-    f = __riscv_vfmul_vv_f32m8(f, __riscv_vle32_v_f32m8(ws, vl), vl);
+    f = __riscv_vfmul_vv_f32m8(f, load_scales(ws, vl), vl);
     return __riscv_vfmacc_vf_f32m8(facc, xs, f, vl);
 }
 
 /* One e8m8 load brings 4 columns (RVV loads take no offset, so fewer loads also means
  * fewer address adds), split with vget. */
 static void matvec_q8_0_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
-                            const void *w, const float *ws, int n, int d, int gs) {
+                            const void *w, const void *wsv, int n, int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)xsum, (void)gs;
     const int8_t *wq = w;
     int ng = n / SB_QK;
@@ -228,7 +245,8 @@ static void matvec_q8_0_rvv(float *out, const int8_t *xq, const float *xs, const
 
 /* Each byte holds two columns of a row (low nibble, high nibble). */
 static void matvec_q4_0_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
-                            const void *w, const float *ws, int n, int d, int gs) {
+                            const void *w, const void *wsv, int n, int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)gs;
     const uint8_t *wq = w;
     int ng = n / SB_QK;
@@ -270,8 +288,9 @@ static void matvec_q4_0_rvv(float *out, const int8_t *xq, const float *xs, const
 // row-major int8 (llama2.c ak42): one reduction per row and group
 
 static void matvec_q8_rows_rvv(float *out, const int8_t *xq, const float *xs,
-                               const int32_t *xsum, const void *w, const float *ws, int n, int d,
+                               const int32_t *xsum, const void *w, const void *wsv, int n, int d,
                                int gs) {
+    const float *ws = wsv;
     (void)xsum;
     size_t vl = __riscv_vsetvl_e8m2(SB_QK);
     vint32m1_t zero = __riscv_vmv_s_x_i32m1(0, 1);

@@ -62,10 +62,12 @@ ATTR512 static __m512i quad_index(int half, int q4) {
 
 /* acc_lo, acc_hi (rows 0-15, 16-31) += float(i) * scale[row] * xs. */
 ATTR512 static inline void scale_add512(__m512 *lo, __m512 *hi, __m512i ilo, __m512i ihi,
-                                        const float *ws, float xs) {
+                                        const uint16_t *ws, float xs) {
     __m512 vx = _mm512_set1_ps(xs);
-    *lo = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ilo), _mm512_loadu_ps(ws)), vx, *lo);
-    *hi = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ihi), _mm512_loadu_ps(ws + 16)), vx, *hi);
+    __m512 slo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)ws));
+    __m512 shi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ws + 16)));
+    *lo = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ilo), slo), vx, *lo);
+    *hi = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ihi), shi), vx, *hi);
 }
 
 ATTR512 static void store_rows512(float *out, __m512 lo, __m512 hi, int rows) {
@@ -81,8 +83,9 @@ ATTR512 static void store_rows512(float *out, __m512 lo, __m512 hi, int rows) {
 }
 
 ATTR512 static void matvec_q8_0_avx512vnni(float *out, const int8_t *xq, const float *xs,
-                                           const int32_t *xsum, const void *w, const float *ws,
+                                           const int32_t *xsum, const void *w, const void *wsv,
                                            int n, int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)xsum, (void)gs;
     const int8_t *wq = w;
     int ng = n / SB_QK;
@@ -110,8 +113,9 @@ ATTR512 static void matvec_q8_0_avx512vnni(float *out, const int8_t *xq, const f
 }
 
 ATTR512 static void matvec_q4_0_avx512vnni(float *out, const int8_t *xq, const float *xs,
-                                           const int32_t *xsum, const void *w, const float *ws,
+                                           const int32_t *xsum, const void *w, const void *wsv,
                                            int n, int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)gs;
     const uint8_t *wq = w;
     int ng = n / SB_QK;
@@ -194,7 +198,7 @@ ATTR static inline void SFX(unpack4)(__m256i c0, __m256i c1, __m256i c2, __m256i
 }
 
 /* acc[k] (rows 8k..8k+7) += float(i) * scale[row] * xs, i in unpack4's row order. */
-ATTR static inline void SFX(scale_add)(__m256 acc[4], const __m256i i[4], const float *ws,
+ATTR static inline void SFX(scale_add)(__m256 acc[4], const __m256i i[4], const uint16_t *ws,
                                        float xs) {
     __m256i r[4] = {_mm256_permute2x128_si256(i[0], i[1], 0x20),
                     _mm256_permute2x128_si256(i[2], i[3], 0x20),
@@ -202,7 +206,7 @@ ATTR static inline void SFX(scale_add)(__m256 acc[4], const __m256i i[4], const 
                     _mm256_permute2x128_si256(i[2], i[3], 0x31)};
     __m256 vx = _mm256_set1_ps(xs);
     for (int k = 0; k < 4; k++) {
-        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(r[k]), _mm256_loadu_ps(ws + 8 * k));
+        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(r[k]), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ws + 8 * k))));
         acc[k] = _mm256_fmadd_ps(f, vx, acc[k]);
     }
 }
@@ -224,8 +228,9 @@ ATTR static inline __m256i SFX(bcast4)(const int8_t *p) {
 }
 
 ATTR static void SFX(matvec_q8_0)(float *out, const int8_t *xq, const float *xs,
-                                  const int32_t *xsum, const void *w, const float *ws, int n,
+                                  const int32_t *xsum, const void *w, const void *wsv, int n,
                                   int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)xsum, (void)gs;
     const int8_t *wq = w;
     int ng = n / SB_QK;
@@ -250,8 +255,9 @@ ATTR static void SFX(matvec_q8_0)(float *out, const int8_t *xq, const float *xs,
 }
 
 ATTR static void SFX(matvec_q4_0)(float *out, const int8_t *xq, const float *xs,
-                                  const int32_t *xsum, const void *w, const float *ws, int n,
+                                  const int32_t *xsum, const void *w, const void *wsv, int n,
                                   int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)gs;
     const uint8_t *wq = w;
     int ng = n / SB_QK;
@@ -293,8 +299,9 @@ ATTR static inline float SFX(hsum)(__m256 v) {
 }
 
 ATTR static void SFX(matvec_q8_rows)(float *out, const int8_t *xq, const float *xs,
-                                     const int32_t *xsum, const void *w, const float *ws,
+                                     const int32_t *xsum, const void *w, const void *wsv,
                                      int n, int d, int gs) {
+    const float *ws = wsv;
     (void)xsum;
     int spr = n / gs; // scales per row
     int i = 0;

@@ -4,10 +4,12 @@
  * Weight layouts (the matrix W is (d, n), groups of SB_QK = 32 columns):
  *   SB_Q8_0   blocks of 32 rows; block b, group g is 32 x 32 int8 stored column by
  *             column: w[((b * ng + g) * 32 + j) * 32 + r] is W[32b + r][32g + j].
- *             Scales ws[(b * ng + g) * 32 + r]. The last block is padded with zero rows.
+ *             fp16 scales ws[(b * ng + g) * 32 + r]. The last block is padded with zero
+ *             rows.
  *   SB_Q4_0   the same blocks, two columns per byte: byte [(b * ng + g) * 16 + p][r] holds
- *             columns 2p (low nibble) and 2p + 1 (high nibble) as q + 8, q in [-7, 7].
- *   SB_Q8_ROWS llama2.c ak42: row-major int8, scale of W[i][j] at ws[(i * n + j) / gs].
+ *             columns 2p (low nibble) and 2p + 1 (high nibble) as q + 8, q in [-8, 7].
+ *   SB_Q8_ROWS llama2.c ak42: row-major int8, fp32 scale of W[i][j] at ws[(i * n + j) / gs].
+ *   SB_F32_ROWS fp32 row-major (a matrix whose inner dimension is not whole groups).
  * Column-major blocks let a vector unit multiply one column of 32 rows by one activation
  * and keep 32 row sums in lanes, with no horizontal sum per group (see kernels_q_rvv.c).
  */
@@ -47,10 +49,11 @@ static void quantize_q8_generic(int8_t *xq, float *xs, int32_t *xsum, const floa
 // portable products (also the reference the tuned sets are tested against)
 
 static void matvec_q8_0_generic(float *out, const int8_t *xq, const float *xs,
-                                const int32_t *xsum, const void *w, const float *ws, int n,
+                                const int32_t *xsum, const void *w, const void *wsv, int n,
                                 int d, int gs) {
     (void)xsum, (void)gs;
     const int8_t *wq = w;
+    const uint16_t *ws = wsv;
     int ng = n / SB_QK;
     for (int b = 0; b < d; b += SB_QK) {
         float acc[SB_QK] = {0};
@@ -60,17 +63,18 @@ static void matvec_q8_0_generic(float *out, const int8_t *xq, const float *xs,
                 int32_t xj = xq[g * SB_QK + j];
                 for (int r = 0; r < SB_QK; r++) isum[r] += wq[j * SB_QK + r] * xj;
             }
-            for (int r = 0; r < SB_QK; r++) acc[r] += (float)isum[r] * ws[r] * xs[g];
+            for (int r = 0; r < SB_QK; r++) acc[r] += (float)isum[r] * sb_f16_to_f32(ws[r]) * xs[g];
         }
         memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
     }
 }
 
 static void matvec_q4_0_generic(float *out, const int8_t *xq, const float *xs,
-                                const int32_t *xsum, const void *w, const float *ws, int n,
+                                const int32_t *xsum, const void *w, const void *wsv, int n,
                                 int d, int gs) {
     (void)gs;
     const uint8_t *wq = w;
+    const uint16_t *ws = wsv;
     int ng = n / SB_QK;
     for (int b = 0; b < d; b += SB_QK) {
         float acc[SB_QK] = {0};
@@ -85,7 +89,7 @@ static void matvec_q4_0_generic(float *out, const int8_t *xq, const float *xs,
             }
             // the nibbles hold q + 8: take 8 * sum(x) back once per group
             for (int r = 0; r < SB_QK; r++) {
-                acc[r] += (float)(isum[r] - 8 * xsum[g]) * ws[r] * xs[g];
+                acc[r] += (float)(isum[r] - 8 * xsum[g]) * sb_f16_to_f32(ws[r]) * xs[g];
             }
         }
         memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
@@ -93,9 +97,10 @@ static void matvec_q4_0_generic(float *out, const int8_t *xq, const float *xs,
 }
 
 static void matvec_q8_rows_generic(float *out, const int8_t *xq, const float *xs,
-                                   const int32_t *xsum, const void *w, const float *ws, int n,
+                                   const int32_t *xsum, const void *w, const void *wsv, int n,
                                    int d, int gs) {
     (void)xsum;
+    const float *ws = wsv;
     for (int i = 0; i < d; i++) {
         const int8_t *row = (const int8_t *)w + (size_t)i * n;
         const float *rs = ws + (size_t)i * (n / gs); // gs divides n
@@ -215,32 +220,54 @@ void sb_matvec_quant_rows(const sb_model *m, const sb_state_q *s, float *out,
                           const sb_matrix *w, int r0, int r1) {
     const sb_qkernel_set *k = m->qkernels;
     int n = w->cols;
-    size_t data, scales; // offsets of row r0 (a block boundary) in bytes and in floats
+    size_t data, scales; // offsets of row r0 (a block boundary) in bytes
     sb_qmatvec_fn f;
-    if (w->type == SB_Q8_ROWS) {
+    switch (w->type) {
+    case SB_Q8_ROWS:
         f = k->matvec_q8_rows;
         data = (size_t)r0 * n;
-        scales = (size_t)r0 * (n / w->group_size);
-    } else {
+        scales = (size_t)r0 * (n / w->group_size) * sizeof(float);
+        break;
+    case SB_Q8_0:
+    case SB_Q4_0:
         f = w->type == SB_Q8_0 ? k->matvec_q8_0 : k->matvec_q4_0;
         data = (size_t)r0 * n / (w->type == SB_Q4_0 ? 2 : 1);
-        scales = (size_t)r0 * (n / SB_QK);
+        scales = (size_t)r0 * (n / SB_QK) * sizeof(uint16_t);
+        break;
+    default:
+        return;
     }
-    f(out + r0, s->q, s->s, s->sum, (const char *)w->data + data, w->scales + scales, n,
-      r1 - r0, w->group_size);
+    f(out + r0, s->q, s->s, s->sum, (const char *)w->data + data,
+      (const char *)w->scales + scales, n, r1 - r0, w->group_size);
+}
+
+/* Rows [r0, r1) of out = W @ x for SB_F32_ROWS: only small models have such matrices
+ * (an inner dimension that is not whole groups), so a plain loop does. */
+void sb_matvec_f32_rows(float *out, const float *x, const sb_matrix *w, int r0, int r1) {
+    const float *p = (const float *)w->data + (size_t)r0 * w->cols;
+    for (int i = r0; i < r1; i++, p += w->cols) {
+        float val = 0.0f;
+        for (int j = 0; j < w->cols; j++) val += p[j] * x[j];
+        out[i] = val;
+    }
 }
 
 void sb_dequantize_row(const sb_matrix *w, int row, float *out) {
     int n = w->cols, ng = n / SB_QK, lane = row % SB_QK;
     size_t blk = (size_t)(row / SB_QK) * ng; // first (block, group) of this row
+    if (w->type == SB_F32_ROWS) {
+        memcpy(out, (const float *)w->data + (size_t)row * n, sizeof(float) * (size_t)n);
+        return;
+    }
     if (w->type == SB_Q8_ROWS) {
         const int8_t *q = (const int8_t *)w->data + (size_t)row * n;
-        const float *s = w->scales + (size_t)row * (n / w->group_size);
+        const float *s = (const float *)w->scales + (size_t)row * (n / w->group_size);
         for (int j = 0; j < n; j++) out[j] = (float)q[j] * s[j / w->group_size];
         return;
     }
+    const uint16_t *scales = w->scales;
     for (int g = 0; g < ng; g++) {
-        float s = w->scales[(blk + g) * SB_QK + lane];
+        float s = sb_f16_to_f32(scales[(blk + g) * SB_QK + lane]);
         if (w->type == SB_Q8_0) {
             const int8_t *q = (const int8_t *)w->data + (blk + g) * SB_QK * SB_QK + lane;
             for (int j = 0; j < SB_QK; j++) out[g * SB_QK + j] = (float)q[j * SB_QK] * s;
@@ -289,7 +316,7 @@ int sb_test_quantize_q8(const char *kernels, int8_t *xq, float *xs, int32_t *xsu
 }
 
 int sb_test_qmatvec(const char *kernels, int type, float *out, const int8_t *xq,
-                    const float *xs, const int32_t *xsum, const void *w, const float *ws,
+                    const float *xs, const int32_t *xsum, const void *w, const void *ws,
                     int n, int d, int gs) {
     const sb_qkernel_set *k = find_set(kernels);
     if (!k || n <= 0 || d <= 0 || n % SB_QK || gs <= 0 || gs % SB_QK || n % gs) return -1;

@@ -50,7 +50,7 @@ typedef struct {
     float *s;           // (d, n / 32) scales
     int8_t *blocks8;    // SB_Q8_0 layout
     uint8_t *blocks4;   // SB_Q4_0 layout (q must be in [-8, 7])
-    float *bscales;     // block scales [block][group][32]
+    uint16_t *bscales;  // block scales [block][group][32], fp16
     float *rscales;     // ak42 scales with group size gs
     int gs;
 } weights;
@@ -62,16 +62,18 @@ static weights make_weights(int n, int d, int lo, int hi, int gs) {
     w.s = malloc(sizeof(float) * (size_t)d * ng);
     w.blocks8 = calloc((size_t)nb * SB_QK * n, 1);
     w.blocks4 = calloc((size_t)nb * SB_QK * n / 2, 1);
-    w.bscales = calloc((size_t)nb * SB_QK * ng, sizeof(float));
+    w.bscales = calloc((size_t)nb * SB_QK * ng, sizeof(uint16_t));
     w.rscales = malloc(sizeof(float) * (size_t)d * (n / gs));
     for (int i = 0; i < d * n; i++) w.q[i] = (int8_t)rand_int(lo, hi);
-    for (int i = 0; i < d * ng; i++) w.s[i] = (float)rand_int(1, 1000) * 1e-4f;
+    for (int i = 0; i < d * ng; i++) { // values fp16 holds, as the blocks store them
+        w.s[i] = sb_f16_to_f32(sb_f32_to_f16((float)rand_int(1, 1000) * 1e-4f));
+    }
     for (int i = 0; i < d * (n / gs); i++) w.rscales[i] = (float)rand_int(1, 1000) * 1e-4f;
     for (int r = 0; r < d; r++) {
         int b = r / SB_QK, lane = r % SB_QK;
         for (int g = 0; g < ng; g++) {
             size_t bg = (size_t)b * ng + g;
-            w.bscales[bg * SB_QK + lane] = w.s[(size_t)r * ng + g];
+            w.bscales[bg * SB_QK + lane] = sb_f32_to_f16(w.s[(size_t)r * ng + g]);
             for (int j = 0; j < SB_QK; j++) {
                 int8_t v = w.q[(size_t)r * n + g * SB_QK + j];
                 w.blocks8[(bg * SB_QK + j) * SB_QK + lane] = v;
