@@ -180,6 +180,8 @@ static void matvec_rows(const sb_model *m, const sb_state_q *qx, float *out, con
         break;
     case SB_Q8_0:
     case SB_Q4_0:
+    case SB_Q5:
+    case SB_Q6:
     case SB_Q8_ROWS:
         sb_matvec_quant_rows(m, qx, out, w, r0, r1);
         break;

@@ -46,6 +46,8 @@ typedef enum {
     SB_Q4_0 = 2, // 4-bit, the same blocks with two columns per byte (quant.c)
     SB_Q8_ROWS = 3, // int8 row-major, one scale per group_size values (llama2.c ak42)
     SB_F32_ROWS = 4, // fp32 row-major in a quantized file (inner dimension not whole groups)
+    SB_Q5 = 5,   // 5-bit, the same blocks: nibbles, then a plane of high bits (quant.c)
+    SB_Q6 = 6,   // 6-bit, the same with two high bits per weight
 } sb_type;
 
 /* A weight matrix W (rows, cols) as the kernels want it. */
@@ -54,7 +56,7 @@ typedef struct {
     int rows, cols;
     const void *data;
     const void *scales;  // quantized types: one per group of group_size weights, fp16
-                         // (SB_Q8_0, SB_Q4_0) or fp32 (SB_Q8_ROWS)
+                         // (the blocks) or fp32 (SB_Q8_ROWS)
     int group_size;      // quantized types: a multiple of SB_QK
 } sb_matrix;
 
@@ -89,6 +91,8 @@ sb_status sb_check_config(const int32_t h[7], sb_config *c, char *err);
 void sb_model_free(sb_model *m);
 /* The per-layer matrix arrays (wq ... w3), one allocation; loaders fill them in. */
 sb_status sb_model_alloc_matrices(sb_model *m, char *err);
+/* Bits per weight of a matrix type (quant.c). */
+int sb_type_bits(sb_type type);
 /* Copies token's embedding row into out (dim,). */
 void sb_model_embed(const sb_model *m, int token, float *out);
 

@@ -31,6 +31,8 @@ typedef struct {
     sb_qmatvec_fn matvec_q8_0;    // SB_Q8_0 blocks
     sb_qmatvec_fn matvec_q4_0;    // SB_Q4_0 blocks
     sb_qmatvec_fn matvec_q8_rows; // SB_Q8_ROWS (llama2.c ak42)
+    sb_qmatvec_fn matvec_q5;      // SB_Q5 blocks (NULL: the portable kernel)
+    sb_qmatvec_fn matvec_q6;      // SB_Q6 blocks (NULL: the portable kernel)
     /* fp16 KV cache: dst (n,) = src rounded to IEEE half */
     void (*f16_store)(uint16_t *dst, const float *src, int n);
     /* att[t] = sum_i q[i] * kt[i * seq_len + t] for t < n (keys transposed) */

@@ -190,6 +190,102 @@ static void matvec_q4_0_rvv(float *out, const int8_t *xq, const float *xs, const
     }
 }
 
+/* q5 / q6 (quant.c): four columns per step, their nibbles (one e8m8 load, masked or
+ * shifted down) joined with their high bits (one e8m8 load, shifted to bits 4-5 and
+ * masked), then four products into int16 (u <= 63: four products of <= 63 * 127 fit)
+ * and one widening add. v0-v7 hold the high bits, then the products. */
+#define XT_HI_UNIT(hoff, hshift, noff, nop, xoff, from, to) \
+    "th.vsetvli zero, %[n128], e8, m8\n\t"                \
+    "addi %[t0], %[w], " #hoff "\n\t"                     \
+    "th.vle.v v0, (%[t0])\n\t"                            \
+    hshift                                                \
+    "th.vand.vx v0, v0, %[hmask]\n\t"                     \
+    "addi %[t0], %[w], " #noff "\n\t"                     \
+    "th.vle.v v8, (%[t0])\n\t"                            \
+    nop                                                   \
+    "th.vor.vv v8, v8, v0\n\t"                            \
+    "lb %[t0], " #xoff "(%[x])\n\t"                       \
+    "lb %[t1], " #xoff "+1(%[x])\n\t"                     \
+    "lb %[t2], " #xoff "+2(%[x])\n\t"                     \
+    "lb %[t3], " #xoff "+3(%[x])\n\t"                     \
+    "th.vsetvli zero, %[n32], e8, m2\n\t"                 \
+    "th.vwmul.vx v0, v8, %[t0]\n\t"                       \
+    "th.vwmacc.vx v0, %[t1], v10\n\t"                     \
+    "th.vwmacc.vx v0, %[t2], v12\n\t"                     \
+    "th.vwmacc.vx v0, %[t3], v14\n\t"                     \
+    "th.vsetvli zero, %[n32], e16, m4\n\t"                \
+    "th.vwadd.wv " to ", " from ", v0\n\t"
+
+#define XT_LO "th.vand.vi v8, v8, 15\n\t"
+#define XT_HI "th.vsrl.vi v8, v8, 4\n\t"
+#define XT_SLL(k) "th.vsll.vi v0, v0, " #k "\n\t"
+#define XT_SRL(k) "th.vsrl.vi v0, v0, " #k "\n\t"
+#define XT_HI_ARGS                                                                      \
+    : [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3)                    \
+    : [w] "r"(w), [x] "r"(x), [ws] "r"(ws), [acc] "r"(acc), [xs] "f"(xs), [n32] "r"(32L), \
+      [n128] "r"(128L), [start] "r"((long)start), [hmask] "r"(hmask)                    \
+    : XT_CLOBBER
+
+/* q6: column 8s + 4h + t has its nibble in byte 4h + t (s even) or 8 + 4h + t (s odd),
+ * low (s < 2) or high, and its high bits in bits 2s, 2s + 1 of byte 16 + 4h + t. */
+static void q6_group_xthead(float *acc, const uint8_t *w, const int8_t *x, const uint16_t *ws,
+                            float xs, int32_t start) {
+    long t0, t1, t2, t3, hmask = 0x30;
+    __asm__ volatile(
+        "th.vsetvli zero, %[n32], e32, m8\n\t"
+        "th.vmv.v.x v24, %[start]\n\t"
+        XT_HI_UNIT(512, XT_SLL(4), 0, XT_LO, 0, "v24", "v16")
+        XT_HI_UNIT(640, XT_SLL(4), 128, XT_LO, 4, "v16", "v24")
+        XT_HI_UNIT(512, XT_SLL(2), 256, XT_LO, 8, "v24", "v16")
+        XT_HI_UNIT(640, XT_SLL(2), 384, XT_LO, 12, "v16", "v24")
+        XT_HI_UNIT(512, "", 0, XT_HI, 16, "v24", "v16")
+        XT_HI_UNIT(640, "", 128, XT_HI, 20, "v16", "v24")
+        XT_HI_UNIT(512, XT_SRL(2), 256, XT_HI, 24, "v24", "v16")
+        XT_HI_UNIT(640, XT_SRL(2), 384, XT_HI, 28, "v16", "v24")
+        XT_SCALE_ADD
+        XT_HI_ARGS);
+}
+
+/* q5: column 4c + t has its nibble in byte (4c + t) mod 16, low (c < 4) or high, and
+ * its high bit in bit c of byte 16 + t. */
+static void q5_group_xthead(float *acc, const uint8_t *w, const int8_t *x, const uint16_t *ws,
+                            float xs, int32_t start) {
+    long t0, t1, t2, t3, hmask = 0x10;
+    __asm__ volatile(
+        "th.vsetvli zero, %[n32], e32, m8\n\t"
+        "th.vmv.v.x v24, %[start]\n\t"
+        XT_HI_UNIT(512, XT_SLL(4), 0, XT_LO, 0, "v24", "v16")
+        XT_HI_UNIT(512, XT_SLL(3), 128, XT_LO, 4, "v16", "v24")
+        XT_HI_UNIT(512, XT_SLL(2), 256, XT_LO, 8, "v24", "v16")
+        XT_HI_UNIT(512, XT_SLL(1), 384, XT_LO, 12, "v16", "v24")
+        XT_HI_UNIT(512, "", 0, XT_HI, 16, "v24", "v16")
+        XT_HI_UNIT(512, XT_SRL(1), 128, XT_HI, 20, "v16", "v24")
+        XT_HI_UNIT(512, XT_SRL(2), 256, XT_HI, 24, "v24", "v16")
+        XT_HI_UNIT(512, XT_SRL(3), 384, XT_HI, 28, "v16", "v24")
+        XT_SCALE_ADD
+        XT_HI_ARGS);
+}
+
+#define XT_QHI_MATVEC(bits)                                                                 \
+    static void matvec_q##bits##_rvv(float *out, const int8_t *xq, const float *xs,         \
+                                     const int32_t *xsum, const void *w, const void *wsv,   \
+                                     int n, int d, int gs) {                                \
+        (void)gs;                                                                           \
+        const uint8_t *wq = w;                                                              \
+        const uint16_t *ws = wsv;                                                           \
+        int ng = n / SB_QK;                                                                 \
+        for (int b = 0; b < d; b += SB_QK) {                                                \
+            float acc[SB_QK] = {0};                                                         \
+            for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK * bits / 8, ws += SB_QK) {     \
+                q##bits##_group_xthead(acc, wq, xq + g * SB_QK, ws, xs[g],                  \
+                                       -(1 << (bits - 1)) * xsum[g]);                       \
+            }                                                                               \
+            memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK)); \
+        }                                                                                   \
+    }
+XT_QHI_MATVEC(5)
+XT_QHI_MATVEC(6)
+
 #else /* RVV 1.0: intrinsics */
 
 /* fp16 scales (finite) -> float without Zvfh: the magnitude's bits moved into a
@@ -319,6 +415,10 @@ const sb_qkernel_set sb_qkernels_rvv = {
     .matvec_q8_0 = matvec_q8_0_rvv,
     .matvec_q4_0 = matvec_q4_0_rvv,
     .matvec_q8_rows = matvec_q8_rows_rvv,
+#if defined(__riscv_xtheadvector)
+    .matvec_q5 = matvec_q5_rvv,
+    .matvec_q6 = matvec_q6_rvv,
+#endif
     // the fp16 KV cache uses the portable conversions here (vector halves need Zvfh)
     .f16_store = sb_f16_store_generic,
     .f16_scores = sb_f16_scores_generic,

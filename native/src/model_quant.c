@@ -7,7 +7,7 @@
  *   3 mixed), u32 group size (32), u32 rows per block (32), u32 alignment (64), 7 x i32
  *   config (vocab_size > 0), u32 shared classifier, 32 bytes sha256 of the source
  *   checkpoint, u64 file size, zeros. Then a type byte per matrix in file order (8 q8,
- *   4 q4, 32 fp32 row-major), zeros to a 64-byte boundary. Then 64-byte-aligned
+ *   6 q6, 5 q5, 4 q4, 32 fp32 row-major), zeros to a 64-byte boundary. Then 64-byte-aligned
  *   tensors: rms_att, rms_ffn, rms_final, embedding, per layer wq wk wv wo w1 w2 w3,
  *   classifier unless shared; each quantized matrix is its blocks (quant.c) then its
  *   fp16 scales.
@@ -54,13 +54,14 @@ typedef struct {
     uint64_t at;               // offset of the next tensor
     int storybot;              // 64-byte alignment and row blocks, else ak42
     sb_type type;              // ak42: every matrix's type
-    const unsigned char *types; // storybot: the type table (8, 4 or 32), in file order
+    const unsigned char *types; // storybot: the type table (8, 6, 5, 4 or 32), in file order
     int next;                  // storybot: the next matrix's index in the table
     int group_size;
 } walker;
 
 static sb_type storybot_type(unsigned char code) {
-    return code == 8 ? SB_Q8_0 : code == 4 ? SB_Q4_0 : SB_F32_ROWS;
+    return code == 8 ? SB_Q8_0 : code == 6 ? SB_Q6 : code == 5 ? SB_Q5
+         : code == 4 ? SB_Q4_0 : SB_F32_ROWS;
 }
 
 static const float *take_floats(walker *w, uint64_t n) {
@@ -78,7 +79,7 @@ static void matrix_sizes(sb_type type, int rows, int cols, int group_size, uint6
         *scales = 0;
     } else if (type != SB_Q8_ROWS) {
         uint64_t padded = (uint64_t)(rows + SB_QK - 1) / SB_QK * SB_QK;
-        *data = padded * (uint64_t)cols / (type == SB_Q4_0 ? 2 : 1);
+        *data = padded * (uint64_t)cols * (uint64_t)sb_type_bits(type) / 8;
         *scales = padded * (uint64_t)(cols / SB_QK) * sizeof(uint16_t);
     } else {
         *data = (uint64_t)rows * (uint64_t)cols;
@@ -190,8 +191,8 @@ static sb_status read_types(int fd, uint64_t size, const sb_config *c, unsigned 
     // the inner dimension of each matrix in file order (embedding, 7 per layer, classifier)
     for (int i = 0; i < n; i++) {
         int cols = i >= 1 && i <= 7 * c->n_layers && (i - 1) % 7 == 5 ? c->hidden_dim : c->dim;
-        if (types[i] != 4 && types[i] != 8 && types[i] != 32) {
-            return sb_fail(err, SB_ERR_FORMAT, "matrix %d has type %u (4, 8 or 32)", i,
+        if (types[i] != 4 && types[i] != 5 && types[i] != 6 && types[i] != 8 && types[i] != 32) {
+            return sb_fail(err, SB_ERR_FORMAT, "matrix %d has type %u (4, 5, 6, 8 or 32)", i,
                            types[i]);
         }
         if (types[i] != 32 && cols % SB_QK) {

@@ -8,6 +8,13 @@
  *             rows.
  *   SB_Q4_0   the same blocks, two columns per byte: byte [(b * ng + g) * 16 + p][r] holds
  *             columns 2p (low nibble) and 2p + 1 (high nibble) as q + 8, q in [-8, 7].
+ *   SB_Q5, SB_Q6 the same blocks with k = 1 or 2 high bits: u = q + 2^(k + 3) in
+ *             [0, 2^(k + 4)); a block-group's 32 * 32 * (4 + k) / 8 bytes are nibbles,
+ *             byte [p][r] (p < 16) holding u's low bits of columns p (low nibble) and
+ *             p + 16, then high bits, byte [16 + i][r] (i < 4k) holding in bits
+ *             [k(c + 1) - 1 : kc] the high bits of column i + 4k * c. So one vector of
+ *             nibble bytes gives 8 or 16 columns' low bits at once, and a shift of the
+ *             high-bit bytes lines up the same columns' high bits.
  *   SB_Q8_ROWS llama2.c ak42: row-major int8, fp32 scale of W[i][j] at ws[(i * n + j) / gs].
  *   SB_F32_ROWS fp32 row-major (a matrix whose inner dimension is not whole groups).
  * Column-major blocks let a vector unit multiply one column of 32 rows by one activation
@@ -96,6 +103,48 @@ static void matvec_q4_0_generic(float *out, const int8_t *xq, const float *xs,
     }
 }
 
+/* SB_Q5 / SB_Q6: u = low nibble | high bits << 4, less 2^(bits - 1) per group. */
+static void matvec_qhi_generic(float *out, const int8_t *xq, const float *xs,
+                               const int32_t *xsum, const uint8_t *wq, const uint16_t *ws,
+                               int n, int d, int bits) {
+    int ng = n / SB_QK, k = bits - 4, mask = (1 << k) - 1;
+    for (int b = 0; b < d; b += SB_QK) {
+        float acc[SB_QK] = {0};
+        for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK * bits / 8, ws += SB_QK) {
+            const uint8_t *hi = wq + SB_QK * SB_QK / 2;
+            int32_t isum[SB_QK] = {0};
+            for (int j = 0; j < SB_QK; j++) {
+                const uint8_t *nib = wq + (j % 16) * SB_QK, *top = hi + (j % (4 * k)) * SB_QK;
+                int shift = j < 16 ? 0 : 4, hshift = k * (j / (4 * k));
+                int32_t xj = xq[g * SB_QK + j];
+                for (int r = 0; r < SB_QK; r++) {
+                    int u = ((nib[r] >> shift) & 15) | (((top[r] >> hshift) & mask) << 4);
+                    isum[r] += u * xj;
+                }
+            }
+            for (int r = 0; r < SB_QK; r++) {
+                acc[r] += (float)(isum[r] - (1 << (bits - 1)) * xsum[g]) *
+                          sb_f16_to_f32(ws[r]) * xs[g];
+            }
+        }
+        memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
+    }
+}
+
+static void matvec_q5_generic(float *out, const int8_t *xq, const float *xs,
+                              const int32_t *xsum, const void *w, const void *ws, int n,
+                              int d, int gs) {
+    (void)gs;
+    matvec_qhi_generic(out, xq, xs, xsum, w, ws, n, d, 5);
+}
+
+static void matvec_q6_generic(float *out, const int8_t *xq, const float *xs,
+                              const int32_t *xsum, const void *w, const void *ws, int n,
+                              int d, int gs) {
+    (void)gs;
+    matvec_qhi_generic(out, xq, xs, xsum, w, ws, n, d, 6);
+}
+
 static void matvec_q8_rows_generic(float *out, const int8_t *xq, const float *xs,
                                    const int32_t *xsum, const void *w, const void *wsv, int n,
                                    int d, int gs) {
@@ -181,6 +230,8 @@ const sb_qkernel_set sb_qkernels_generic = {
     .matvec_q8_0 = matvec_q8_0_generic,
     .matvec_q4_0 = matvec_q4_0_generic,
     .matvec_q8_rows = matvec_q8_rows_generic,
+    .matvec_q5 = matvec_q5_generic,
+    .matvec_q6 = matvec_q6_generic,
     .f16_store = sb_f16_store_generic,
     .f16_scores = sb_f16_scores_generic,
     .f16_mix = sb_f16_mix_generic,
@@ -212,6 +263,17 @@ const sb_qkernel_set *sb_qkernels_pick(int generic_only) {
 // ----------------------------------------------------------------------------
 // used by the forward pass
 
+int sb_type_bits(sb_type type) {
+    switch (type) {
+    case SB_Q4_0: return 4;
+    case SB_Q5: return 5;
+    case SB_Q6: return 6;
+    case SB_F32:
+    case SB_F32_ROWS: return 32;
+    default: return 8;
+    }
+}
+
 void sb_quantize_input(const sb_model *m, sb_state_q *s, const float *x, int n) {
     m->qkernels->quantize_q8(s->q, s->s, s->sum, x, n);
 }
@@ -230,8 +292,12 @@ void sb_matvec_quant_rows(const sb_model *m, const sb_state_q *s, float *out,
         break;
     case SB_Q8_0:
     case SB_Q4_0:
-        f = w->type == SB_Q8_0 ? k->matvec_q8_0 : k->matvec_q4_0;
-        data = (size_t)r0 * n / (w->type == SB_Q4_0 ? 2 : 1);
+    case SB_Q5:
+    case SB_Q6:
+        f = w->type == SB_Q8_0 ? k->matvec_q8_0 : w->type == SB_Q4_0 ? k->matvec_q4_0
+          : w->type == SB_Q5 ? k->matvec_q5 : k->matvec_q6;
+        if (!f) f = w->type == SB_Q5 ? matvec_q5_generic : matvec_q6_generic;
+        data = (size_t)r0 * n * sb_type_bits(w->type) / 8;
         scales = (size_t)r0 * (n / SB_QK) * sizeof(uint16_t);
         break;
     default:
@@ -266,9 +332,18 @@ void sb_dequantize_row(const sb_matrix *w, int row, float *out) {
         return;
     }
     const uint16_t *scales = w->scales;
+    int bits = sb_type_bits(w->type), k = bits - 4;
     for (int g = 0; g < ng; g++) {
         float s = sb_f16_to_f32(scales[(blk + g) * SB_QK + lane]);
-        if (w->type == SB_Q8_0) {
+        if (w->type == SB_Q5 || w->type == SB_Q6) {
+            const uint8_t *q = (const uint8_t *)w->data + (blk + g) * SB_QK * SB_QK * bits / 8;
+            for (int j = 0; j < SB_QK; j++) {
+                int lo = (q[(j % 16) * SB_QK + lane] >> (j < 16 ? 0 : 4)) & 15;
+                int hi = q[(16 + j % (4 * k)) * SB_QK + lane] >> (k * (j / (4 * k)));
+                int u = lo | ((hi & ((1 << k) - 1)) << 4);
+                out[g * SB_QK + j] = (float)(u - (1 << (bits - 1))) * s;
+            }
+        } else if (w->type == SB_Q8_0) {
             const int8_t *q = (const int8_t *)w->data + (blk + g) * SB_QK * SB_QK + lane;
             for (int j = 0; j < SB_QK; j++) out[g * SB_QK + j] = (float)q[j * SB_QK] * s;
         } else {
@@ -321,7 +396,9 @@ int sb_test_qmatvec(const char *kernels, int type, float *out, const int8_t *xq,
     const sb_qkernel_set *k = find_set(kernels);
     if (!k || n <= 0 || d <= 0 || n % SB_QK || gs <= 0 || gs % SB_QK || n % gs) return -1;
     sb_qmatvec_fn f = type == SB_Q8_0 ? k->matvec_q8_0 : type == SB_Q4_0 ? k->matvec_q4_0
-                    : type == SB_Q8_ROWS ? k->matvec_q8_rows : NULL;
+                    : type == SB_Q8_ROWS ? k->matvec_q8_rows : type == SB_Q5 ? k->matvec_q5
+                    : type == SB_Q6 ? k->matvec_q6 : NULL;
+    if (!f && (type == SB_Q5 || type == SB_Q6)) return -2; // this set has no such kernel
     if (!f) return -1;
     f(out, xq, xs, xsum, w, ws, n, d, gs);
     return 0;

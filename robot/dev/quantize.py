@@ -1,5 +1,5 @@
 """Converts llama2.c fp32 checkpoints into storybot's quantized model files, each weight
-matrix at its own width (8 or 4 bits, groups of 32 along the input, fp16 scales), by
+matrix at its own width (8, 6, 5 or 4 bits, groups of 32 along the input, fp16 scales), by
 rounding to nearest or by GPTQ calibrated on text (robot/dev/calibrate.py).
 
 File layout (version 2, little-endian; native/src/model_quant.c reads it):
@@ -18,7 +18,8 @@ File layout (version 2, little-endian; native/src/model_quant.c reads it):
       96  u64  file size in bytes
      104       zeros up to 256
     type table at 256: one byte per matrix in file order (token embedding, per layer
-      wq wk wv wo w1 w2 w3, classifier unless shared): 8 = q8, 4 = q4, 32 = fp32
+      wq wk wv wo w1 w2 w3, classifier unless shared): 8 = q8, 6 = q6, 5 = q5, 4 = q4,
+      32 = fp32
       row-major (a matrix whose inner dimension is not a multiple of 32); zeros up to
       the next 64-byte boundary
     tensors, each starting on a 64-byte boundary, zero padding between:
@@ -30,12 +31,18 @@ File layout (version 2, little-endian; native/src/model_quant.c reads it):
           q8: int8 q, byte ((b * ng + g) * 32 + j) * 32 + r = W[32b + r][32g + j]
           q4: q + 8 in a nibble, byte ((b * ng + g) * 16 + p) * 32 + r holds column
               2p in its low nibble and column 2p + 1 in its high nibble
+          q5, q6 (k = 1 or 2 high bits): u = q + 2^(k + 3), each block-group's
+              32 * 32 * (4 + k) / 8 bytes are its nibbles, byte p * 32 + r (p < 16)
+              holding u's low 4 bits of column p (low nibble) and p + 16 (high
+              nibble), then its high bits, byte (512 + i * 32 + r) (i < 4k) holding
+              in bits [k(c+1)-1 : kc] the high bits of column i + 4k * c (c < 8 / k)
         scales: fp16, ((b * ng + g) * 32 + r) for row 32b + r and group g
       A row of W is q * scale.
 
 Rounding to nearest (--method rtn): q8: scale = max|w| / 127, q = round(w / scale) in
-[-127, 127]. q4: q = round(w / scale) in [-8, 7], the scale chosen per group among
-max_w / k (max_w: the weight of largest magnitude, signed) for the least squared error.
+[-127, 127]. q4, q5, q6 (levels [-2^(b-1), 2^(b-1) - 1]): q = round(w / scale), the
+scale chosen per group among max_w / k (max_w: the weight of largest magnitude,
+signed) for the least squared error.
 Scales are rounded to fp16 before q is computed, so q fits the stored scale.
 GPTQ (--method gptq) chooses each group's scale the same way, from the weights as GPTQ
 has updated them by the time it reaches the group.
@@ -62,8 +69,9 @@ _HEADER = struct.Struct("<4sI8sIIII7iI32sQ")
 CONFIG_NAMES = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
                 "seq_len")
 KINDS = ("token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "wcls")
-Q8, Q4, F32 = 8, 4, 32
-TYPES = (Q8, Q4, F32)
+Q8, Q6, Q5, Q4, F32 = 8, 6, 5, 4, 32
+TYPES = (Q8, Q6, Q5, Q4, F32)
+WIDTHS = (Q8, Q6, Q5, Q4)
 
 # Named formats: bits per kind of matrix (the classifier, when not shared, follows the
 # embedding unless named) and the rounding method.
@@ -181,19 +189,26 @@ def scale_q8(g, bits: int = 8):
 Q4_DIVISORS = (-8.0, -7.75, -7.5, -7.25, -7.0, -6.75, -6.5, 7.0, 7.25, 7.5)
 
 
+def divisors(bits: int):
+    """Q4_DIVISORS for 4 bits; for wider levels the same shape scaled (m = 2^(b-1))."""
+    m = 1 << (bits - 1)
+    return tuple(k * m / 8 for k in Q4_DIVISORS)
+
+
 def scale_q4(g, bits: int = 4):
-    """Scales (rows,) of groups g (rows, 32): among max_w / k for k in Q4_DIVISORS, in
-    fp16, the one that rounds the group with the least squared error."""
+    """Scales (rows,) of groups g (rows, 32): among max_w / k for k in divisors(bits),
+    in fp16, the one that rounds the group with the least squared error."""
     import numpy as np
 
+    lo, hi = LEVELS[bits]
     idx = np.abs(g).argmax(axis=-1)[:, None]
     peak = np.take_along_axis(g, idx, axis=-1)[:, 0]
     best_s = np.zeros(peak.shape, np.float32)
     best_err = np.full(peak.shape, np.inf)
-    for k in Q4_DIVISORS:
+    for k in divisors(bits):
         scale = to_f16((peak / np.float32(k)).astype(np.float32))
         safe = np.where(scale != 0, scale, np.float32(1))
-        q = np.clip(np.rint(g / safe[:, None]), -8, 7)
+        q = np.clip(np.rint(g / safe[:, None]), lo, hi)
         err = ((g - q * scale[:, None]) ** 2).sum(axis=-1)
         better = err < best_err
         best_err = np.where(better, err, best_err)
@@ -201,8 +216,8 @@ def scale_q4(g, bits: int = 4):
     return best_s
 
 
-SCALES = {Q8: scale_q8, Q4: scale_q4}
-LEVELS = {Q8: (-127, 127), Q4: (-8, 7)}
+SCALES = {Q8: scale_q8, Q6: scale_q4, Q5: scale_q4, Q4: scale_q4}
+LEVELS = {Q8: (-127, 127), Q6: (-32, 31), Q5: (-16, 15), Q4: (-8, 7)}
 
 
 def quantize_rtn(w, bits: int):
@@ -247,6 +262,15 @@ def pack_blocks(q, scale, bits: int) -> Tuple[bytes, bytes]:
     if bits == Q4:
         u = (blocks.astype(np.int16) + 8).astype(np.uint8)
         blocks = u[:, :, 0::2, :] | (u[:, :, 1::2, :] << 4)
+    elif bits in (Q5, Q6):
+        u = (blocks.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
+        nib = (u[:, :, :16, :] & 15) | ((u[:, :, 16:, :] & 15) << 4)
+        k = bits - 4
+        top = (u >> 4).reshape(nb, ng, 8 // k, 4 * k, ROWS)  # column i + 4k * c
+        hi = np.zeros((nb, ng, 4 * k, ROWS), np.uint8)
+        for c in range(8 // k):
+            hi |= top[:, :, c] << (k * c)
+        blocks = np.concatenate([nib, hi], axis=2)
     scales = sp.reshape(nb, ROWS, ng).transpose(0, 2, 1)
     return (np.ascontiguousarray(blocks).tobytes(),
             np.ascontiguousarray(scales).astype("<f2").tobytes())
@@ -264,6 +288,14 @@ def unpack_blocks(data: bytes, scales: bytes, rows: int, cols: int, bits: int):
         q = np.empty((nb, ng, GROUP, ROWS), np.int8)
         q[:, :, 0::2] = (b & 15).astype(np.int8) - 8
         q[:, :, 1::2] = (b >> 4).astype(np.int8) - 8
+    elif bits in (Q5, Q6):
+        k = bits - 4
+        b = np.frombuffer(data, np.uint8).reshape(nb, ng, 16 + 4 * k, ROWS)
+        u = np.concatenate([b[:, :, :16] & 15, b[:, :, :16] >> 4], axis=2)
+        for c in range(8 // k):
+            top = (b[:, :, 16:] >> (k * c)) & ((1 << k) - 1)
+            u[:, :, 4 * k * c:4 * k * (c + 1)] |= top << 4
+        q = u.astype(np.int8) - (1 << (bits - 1))
     else:
         q = np.frombuffer(data, np.int8).reshape(nb, ng, GROUP, ROWS)
     s = np.frombuffer(scales, "<f2").astype(np.float32).reshape(nb, ng, ROWS)
@@ -303,8 +335,8 @@ def matrix_types(c: Config, bits: Dict[str, int]) -> List[int]:
     for name, (_, cols) in matrix_names(c):
         kind = name.partition(".")[0]
         b = bits.get(kind, bits.get("token_embedding")) if kind == "wcls" else bits[kind]
-        if b not in (Q8, Q4):
-            raise FormatError(f"{kind}: {b} bits; storybot stores 4 or 8")
+        if b not in WIDTHS:
+            raise FormatError(f"{kind}: {b} bits; storybot stores 4, 5, 6 or 8")
         out.append(F32 if cols % GROUP else b)
     return out
 
@@ -340,8 +372,8 @@ def parse_bits(spec: str, base: Dict[str, int]) -> Dict[str, int]:
     for item in filter(None, (s.strip() for s in spec.split(","))):
         kind, _, value = item.partition("=")
         kind = "token_embedding" if kind == "embedding" else kind
-        if kind not in KINDS or not value.isdigit() or int(value) not in (Q8, Q4):
-            raise FormatError(f"--bits item {item!r}: want KIND=4|8 with KIND one of "
+        if kind not in KINDS or not value.isdigit() or int(value) not in WIDTHS:
+            raise FormatError(f"--bits item {item!r}: want KIND=4|5|6|8 with KIND one of "
                               f"embedding, {', '.join(KINDS[1:])}")
         out[kind] = int(value)
     return out
@@ -535,7 +567,7 @@ def cmd_quantize(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="convert a llama2.c fp32 checkpoint to a storybot "
-                                        "quantized model file (8 and 4 bits per matrix)")
+                                        "quantized model file (8 to 4 bits per matrix)")
     p.add_argument("model", help="llama2.c fp32 checkpoint, e.g. stories15M.bin")
     p.add_argument("output", help="file to write, e.g. stories15M.q8_0.bin")
     p.add_argument("-f", "--format", choices=sorted(FORMATS), default="q8_0",
