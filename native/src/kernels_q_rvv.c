@@ -378,6 +378,66 @@ static void matvec_q4_0_rvv(float *out, const int8_t *xq, const float *xs, const
     }
 }
 
+/* q5 / q6 (quant.c), as the XTheadVector assembly above does it: per step of four
+ * columns, their nibbles (masked or shifted down) joined with their high bits (shifted
+ * to bit 4 and masked), then four products into int16 and one widening add. */
+typedef struct {
+    short hoff, hshift, noff, high_nibble, x; // hshift > 0: left, < 0: right
+} qhi_step;
+
+static const qhi_step Q6_STEPS[8] = {
+    {512, 4, 0, 0, 0}, {640, 4, 128, 0, 4}, {512, 2, 256, 0, 8}, {640, 2, 384, 0, 12},
+    {512, 0, 0, 1, 16}, {640, 0, 128, 1, 20}, {512, -2, 256, 1, 24}, {640, -2, 384, 1, 28}};
+static const qhi_step Q5_STEPS[8] = {
+    {512, 4, 0, 0, 0}, {512, 3, 128, 0, 4}, {512, 2, 256, 0, 8}, {512, 1, 384, 0, 12},
+    {512, 0, 0, 1, 16}, {512, -1, 128, 1, 20}, {512, -2, 256, 1, 24}, {512, -3, 384, 1, 28}};
+
+static void matvec_qhi_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                           const uint8_t *wq, const uint16_t *ws, int n, int d, int bits) {
+    const qhi_step *steps = bits == 5 ? Q5_STEPS : Q6_STEPS;
+    uint8_t hmask = bits == 5 ? 0x10 : 0x30;
+    int ng = n / SB_QK;
+    size_t vl = __riscv_vsetvl_e8m2(SB_QK);
+    for (int b = 0; b < d; b += SB_QK) {
+        vfloat32m8_t facc = __riscv_vfmv_v_f_f32m8(0.0f, vl);
+        for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK * bits / 8, ws += SB_QK) {
+            const int8_t *x = xq + g * SB_QK;
+            vint32m8_t isum = __riscv_vmv_v_x_i32m8(-(1 << (bits - 1)) * xsum[g], vl);
+            for (int k = 0; k < 8; k++) {
+                const qhi_step *st = &steps[k];
+                vuint8m8_t h = __riscv_vle8_v_u8m8(wq + st->hoff, 4 * vl);
+                h = st->hshift > 0 ? __riscv_vsll_vx_u8m8(h, st->hshift, 4 * vl)
+                  : st->hshift < 0 ? __riscv_vsrl_vx_u8m8(h, -st->hshift, 4 * vl) : h;
+                h = __riscv_vand_vx_u8m8(h, hmask, 4 * vl);
+                vuint8m8_t nib = __riscv_vle8_v_u8m8(wq + st->noff, 4 * vl);
+                nib = st->high_nibble ? __riscv_vsrl_vx_u8m8(nib, 4, 4 * vl)
+                                      : __riscv_vand_vx_u8m8(nib, 15, 4 * vl);
+                vint8m8_t u = __riscv_vreinterpret_v_u8m8_i8m8(__riscv_vor_vv_u8m8(nib, h, 4 * vl));
+                const int8_t *xj = x + st->x;
+                vint16m4_t p = __riscv_vwmul_vx_i16m4(__riscv_vget_v_i8m8_i8m2(u, 0), xj[0], vl);
+                p = __riscv_vwmacc_vx_i16m4(p, xj[1], __riscv_vget_v_i8m8_i8m2(u, 1), vl);
+                p = __riscv_vwmacc_vx_i16m4(p, xj[2], __riscv_vget_v_i8m8_i8m2(u, 2), vl);
+                p = __riscv_vwmacc_vx_i16m4(p, xj[3], __riscv_vget_v_i8m8_i8m2(u, 3), vl);
+                isum = __riscv_vwadd_wv_i32m8(isum, p, vl);
+            }
+            facc = scale_add(facc, isum, ws, xs[g], vl);
+        }
+        __riscv_vse32_v_f32m8(out + b, facc, (size_t)(d - b < SB_QK ? d - b : SB_QK));
+    }
+}
+
+static void matvec_q5_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                          const void *w, const void *ws, int n, int d, int gs) {
+    (void)gs;
+    matvec_qhi_rvv(out, xq, xs, xsum, w, ws, n, d, 5);
+}
+
+static void matvec_q6_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                          const void *w, const void *ws, int n, int d, int gs) {
+    (void)gs;
+    matvec_qhi_rvv(out, xq, xs, xsum, w, ws, n, d, 6);
+}
+
 #endif /* __riscv_xtheadvector */
 
 // ----------------------------------------------------------------------------
@@ -415,10 +475,8 @@ const sb_qkernel_set sb_qkernels_rvv = {
     .matvec_q8_0 = matvec_q8_0_rvv,
     .matvec_q4_0 = matvec_q4_0_rvv,
     .matvec_q8_rows = matvec_q8_rows_rvv,
-#if defined(__riscv_xtheadvector)
     .matvec_q5 = matvec_q5_rvv,
     .matvec_q6 = matvec_q6_rvv,
-#endif
     // the fp16 KV cache uses the portable conversions here (vector halves need Zvfh)
     .f16_store = sb_f16_store_generic,
     .f16_scores = sb_f16_scores_generic,
