@@ -166,11 +166,13 @@ static int has_avx512vnni(void) {
 #define QSET(s, rows) { .name = #s, .f16_vector = 1, .quantize_q8 = quantize_q8_avx2,       \
                         .matvec_q8_0 = matvec_q8_0_##s, .matvec_q4_0 = matvec_q4_0_##s,     \
                         .matvec_q8_rows = matvec_q8_rows_##rows, .f16_store = f16_store_avx2, \
+                        .matvec_q5 = matvec_q5_##rows, .matvec_q6 = matvec_q6_##rows,       \
                         .f16_scores = f16_scores_avx2, .f16_mix = f16_mix_avx2 }
 
 static const sb_qkernel_set set_avx2 = QSET(avx2, avx2);
 static const sb_qkernel_set set_avxvnni = QSET(avxvnni, avxvnni);
-// row-major (ak42) products stay 256-bit: that layout needs a horizontal sum per row
+// row-major (ak42) and q5/q6 products stay 256-bit: the first needs a horizontal sum per
+// row, the second's bit planes gain little from wider vectors
 static const sb_qkernel_set set_avx512vnni = QSET(avx512vnni, avx2);
 
 const sb_qkernel_choice sb_qkernels_x86[] = { // ascending speed
@@ -286,6 +288,62 @@ ATTR static void SFX(matvec_q4_0)(float *out, const int8_t *xq, const float *xs,
         }
         SFX(store_rows)(out + b, acc, d - b);
     }
+}
+
+/* Bytes of v shifted by sh (> 0 left, < 0 right) and masked (8-bit lanes by way of 16). */
+ATTR static inline __m256i SFX(shift_mask)(__m256i v, int sh, int mask) {
+    if (sh > 0) v = _mm256_slli_epi16(v, sh);
+    if (sh < 0) v = _mm256_srli_epi16(v, -sh);
+    return _mm256_and_si256(v, _mm256_set1_epi8((char)mask));
+}
+
+/* q5 / q6 (quant.c): each column rebuilt from its nibble and its high bits, then as q4. */
+ATTR static void SFX(matvec_qhi)(float *out, const int8_t *xq, const float *xs,
+                                 const int32_t *xsum, const uint8_t *wq, const uint16_t *ws,
+                                 int n, int d, int bits) {
+    int ng = n / SB_QK, k = bits - 4;
+    for (int b = 0; b < d; b += SB_QK) {
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                         _mm256_setzero_ps()};
+        for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK * bits / 8, ws += SB_QK) {
+            __m256i i[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(),
+                            _mm256_setzero_si256(), _mm256_setzero_si256()};
+            const __m256i *rows = (const __m256i *)wq;
+            for (int j = 0; j < SB_QK; j += 4) {
+                __m256i c[4];
+                for (int t = 0; t < 4; t++) {
+                    int col = j + t, c_hi = col / (4 * k);
+                    __m256i nib = _mm256_loadu_si256(rows + col % 16);
+                    __m256i hi = _mm256_loadu_si256(rows + 16 + col % (4 * k));
+                    c[t] = _mm256_or_si256(SFX(shift_mask)(nib, col < 16 ? 0 : -4, 15),
+                                           SFX(shift_mask)(hi, 4 - k * c_hi,
+                                                           ((1 << k) - 1) << 4));
+                }
+                __m256i q[4];
+                SFX(unpack4)(c[0], c[1], c[2], c[3], q);
+                __m256i x4 = SFX(bcast4)(xq + g * SB_QK + j);
+                for (int r = 0; r < 4; r++) i[r] = DOT4(i[r], q[r], x4);
+            }
+            __m256i off = _mm256_set1_epi32((1 << (bits - 1)) * xsum[g]);
+            for (int r = 0; r < 4; r++) i[r] = _mm256_sub_epi32(i[r], off);
+            SFX(scale_add)(acc, i, ws, xs[g]);
+        }
+        SFX(store_rows)(out + b, acc, d - b);
+    }
+}
+
+ATTR static void SFX(matvec_q5)(float *out, const int8_t *xq, const float *xs,
+                                const int32_t *xsum, const void *w, const void *ws, int n,
+                                int d, int gs) {
+    (void)gs;
+    SFX(matvec_qhi)(out, xq, xs, xsum, w, ws, n, d, 5);
+}
+
+ATTR static void SFX(matvec_q6)(float *out, const int8_t *xq, const float *xs,
+                                const int32_t *xsum, const void *w, const void *ws, int n,
+                                int d, int gs) {
+    (void)gs;
+    SFX(matvec_qhi)(out, xq, xs, xsum, w, ws, n, d, 6);
 }
 
 // ----------------------------------------------------------------------------
