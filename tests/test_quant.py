@@ -123,6 +123,23 @@ def test_widths_per_matrix(small, tmp_path):
         assert np.array_equal(Q.read_matrix(out, name), Q.read_matrix(small[same], name)), name
 
 
+def test_board_format_is_gptq_at_its_widths(small, tmp_path, tokenizer_path):
+    """The named board format: its widths per kind, GPTQ calibrated on the model's own
+    samples by default, loaded and scored close to fp32 by the library."""
+    out = tmp_path / "board.bin"
+    Q.convert(small["fp32"], out, "board", show_progress=False, tokenizer=tokenizer_path)
+    h = Q.read_header(out)
+    bits, method = Q.FORMATS["board"]
+    assert method == "gptq"
+    assert h.types == [bits[n.partition(".")[0]] for n, _ in Q.matrix_names(h.config)]
+    with Engine(small["fp32"], tokenizer_path) as e:
+        tokens = e.tokenize("Once upon a time")
+        exact = np.array(e.score(tokens))
+    with Engine(out, tokenizer_path) as e:
+        assert e.info.format == "storybot-mixed"
+        assert np.abs(np.array(e.score(tokens)) - exact).max() < 0.5
+
+
 def tokenizer512(src: Path, dst: Path) -> Path:
     """The first 512 entries of a llama2.c tokenizer, the last replaced by " " so prompts
     encode (what ../shared/models/README.md suggests for stories260K)."""
