@@ -60,3 +60,27 @@ def test_instruction_count_is_reported(riscv_env, model_path, tokenizer_path):
     r = bench.bench_riscv("xtheadvector-gcc14", riscv_env, model_path, tokenizer_path, steps=8)
     assert r.insns_per_token > 0 and r.cycles_per_token > r.insns_per_token / 2
     assert r.vector_insns_per_token > 0
+
+
+def test_c906_table_counts_baselines_beside_storybot(riscv_env, tokenizer_path, tmp_path,
+                                                     monkeypatch):
+    """`storybot bench --riscv` counts any run.c-compatible riscv64 program on its own
+    model beside storybot's XTheadVector CLI, by differencing two whole runs; here the
+    rv64gc build of storybot-run stands in for a baseline (llama2.c's programs are not
+    part of the project) on a small model."""
+    from modelgen import Header, write_model
+
+    model = write_model(tmp_path / "m.bin", Header(dim=64, hidden_dim=96, n_layers=2,
+                                                   n_heads=4, n_kv_heads=2, seq_len=64), seed=1)
+    scalar = bench.make("build/rv64gc-gcc12", riscv_env["RV_CC_GCC"]) / "storybot-run"
+    monkeypatch.setattr(bench, "RISCV_STEPS", (12, 20))
+    rows = bench.bench_c906([model], [f"{scalar}::{model}"], tokenizer_path)
+    assert [(r.program, r.mode) for r in rows] == [
+        ("storybot, XTheadVector", "sampled"), ("storybot, XTheadVector", "greedy"),
+        ("storybot-run", "sampled"), ("storybot-run", "greedy")]
+    for r in rows:
+        assert r.insns_per_token > 0 and r.cycles_per_token >= r.insns_per_token / 2, r
+        assert r.modeled_tok_s == pytest.approx(1e9 / (r.cycles_per_token + model.stat().st_size))
+    # the same story with and without vectors: the vector build runs fewer instructions
+    assert rows[0].insns_per_token < rows[2].insns_per_token
+    assert "| storybot-run | m.bin | greedy |" in bench.c906_table(rows)

@@ -193,8 +193,13 @@ static void matvec_rows(const sb_model *m, const sb_state_q *qx, float *out, con
         break;
     case SB_Q8_0:
     case SB_Q4_0:
+    case SB_Q5:
+    case SB_Q6:
     case SB_Q8_ROWS:
         sb_matvec_quant_rows(m, qx, out, w, r0, r1);
+        break;
+    case SB_F32_ROWS:
+        sb_matvec_f32_rows(out, x, w, r0, r1);
         break;
     }
 }
@@ -219,7 +224,7 @@ static void matvec_part(void *arg, int index, int count) {
 }
 
 void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w) {
-    if (w->type != SB_F32) sb_quantize_input(m, &s->qx, x, w->cols);
+    if (w->type != SB_F32 && w->type != SB_F32_ROWS) sb_quantize_input(m, &s->qx, x, w->cols);
     if (!s->pool) {
         matvec_rows(m, &s->qx, out, x, w, 0, w->rows);
         return;

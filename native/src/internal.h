@@ -45,6 +45,9 @@ typedef enum {
     SB_Q8_0 = 1, // int8, blocks of 32 rows x 32 columns stored column by column (quant.c)
     SB_Q4_0 = 2, // 4-bit, the same blocks with two columns per byte (quant.c)
     SB_Q8_ROWS = 3, // int8 row-major, one scale per group_size values (llama2.c ak42)
+    SB_F32_ROWS = 4, // fp32 row-major in a quantized file (inner dimension not whole groups)
+    SB_Q5 = 5,   // 5-bit, the same blocks: nibbles, then a plane of high bits (quant.c)
+    SB_Q6 = 6,   // 6-bit, the same with two high bits per weight
 } sb_type;
 
 /* A weight matrix W (rows, cols) as the kernels want it. */
@@ -52,7 +55,8 @@ typedef struct {
     sb_type type;
     int rows, cols;
     const void *data;
-    const float *scales; // quantized types: one per group of group_size weights
+    const void *scales;  // quantized types: one per group of group_size weights, fp16
+                         // (the blocks) or fp32 (SB_Q8_ROWS)
     int group_size;      // quantized types: a multiple of SB_QK
 } sb_matrix;
 
@@ -89,6 +93,8 @@ sb_status sb_check_config(const int32_t h[7], sb_config *c, char *err);
 void sb_model_free(sb_model *m);
 /* The per-layer matrix arrays (wq ... w3), one allocation; loaders fill them in. */
 sb_status sb_model_alloc_matrices(sb_model *m, char *err);
+/* Bits per weight of a matrix type (quant.c). */
+int sb_type_bits(sb_type type);
 /* Copies token's embedding row into out (dim,). */
 void sb_model_embed(const sb_model *m, int token, float *out);
 
@@ -107,6 +113,8 @@ void sb_quantize_input(const sb_model *m, sb_state_q *s, const float *x, int n);
 /* Rows [r0, r1) of out = W @ x for a quantized W, x already in s; r0 % SB_QK == 0. */
 void sb_matvec_quant_rows(const sb_model *m, const sb_state_q *s, float *out,
                           const sb_matrix *w, int r0, int r1);
+/* The same for SB_F32_ROWS, from x itself. */
+void sb_matvec_f32_rows(float *out, const float *x, const sb_matrix *w, int r0, int r1);
 
 // ----------------------------------------------------------------------------
 // tokenizer (tokenizer.c)

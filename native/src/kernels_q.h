@@ -16,9 +16,10 @@
 
 /* out (d,) = W (d, n) @ x, x given as Q8_0: xq (n,), xs (n / SB_QK,) and xsum, the sum
  * of xq per group. w and ws are the weights and their scales in the layout of the
- * matrix type (quant.c); gs is the weights' group size (SB_Q8_ROWS only). */
+ * matrix type (quant.c): fp16 scales for the blocks, fp32 for SB_Q8_ROWS; gs is the
+ * weights' group size (SB_Q8_ROWS only). */
 typedef void (*sb_qmatvec_fn)(float *out, const int8_t *xq, const float *xs,
-                              const int32_t *xsum, const void *w, const float *ws, int n,
+                              const int32_t *xsum, const void *w, const void *ws, int n,
                               int d, int gs);
 
 typedef struct {
@@ -30,6 +31,8 @@ typedef struct {
     sb_qmatvec_fn matvec_q8_0;    // SB_Q8_0 blocks
     sb_qmatvec_fn matvec_q4_0;    // SB_Q4_0 blocks
     sb_qmatvec_fn matvec_q8_rows; // SB_Q8_ROWS (llama2.c ak42)
+    sb_qmatvec_fn matvec_q5;      // SB_Q5 blocks (NULL: the portable kernel)
+    sb_qmatvec_fn matvec_q6;      // SB_Q6 blocks (NULL: the portable kernel)
     /* fp16 KV cache: dst (n,) = src rounded to IEEE half */
     void (*f16_store)(uint16_t *dst, const float *src, int n);
     /* att[t] = sum_i q[i] * kt[i * seq_len + t] for t < n (keys transposed) */

@@ -62,10 +62,12 @@ ATTR512 static __m512i quad_index(int half, int q4) {
 
 /* acc_lo, acc_hi (rows 0-15, 16-31) += float(i) * scale[row] * xs. */
 ATTR512 static inline void scale_add512(__m512 *lo, __m512 *hi, __m512i ilo, __m512i ihi,
-                                        const float *ws, float xs) {
+                                        const uint16_t *ws, float xs) {
     __m512 vx = _mm512_set1_ps(xs);
-    *lo = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ilo), _mm512_loadu_ps(ws)), vx, *lo);
-    *hi = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ihi), _mm512_loadu_ps(ws + 16)), vx, *hi);
+    __m512 slo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)ws));
+    __m512 shi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ws + 16)));
+    *lo = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ilo), slo), vx, *lo);
+    *hi = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ihi), shi), vx, *hi);
 }
 
 ATTR512 static void store_rows512(float *out, __m512 lo, __m512 hi, int rows) {
@@ -81,8 +83,9 @@ ATTR512 static void store_rows512(float *out, __m512 lo, __m512 hi, int rows) {
 }
 
 ATTR512 static void matvec_q8_0_avx512vnni(float *out, const int8_t *xq, const float *xs,
-                                           const int32_t *xsum, const void *w, const float *ws,
+                                           const int32_t *xsum, const void *w, const void *wsv,
                                            int n, int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)xsum, (void)gs;
     const int8_t *wq = w;
     int ng = n / SB_QK;
@@ -110,8 +113,9 @@ ATTR512 static void matvec_q8_0_avx512vnni(float *out, const int8_t *xq, const f
 }
 
 ATTR512 static void matvec_q4_0_avx512vnni(float *out, const int8_t *xq, const float *xs,
-                                           const int32_t *xsum, const void *w, const float *ws,
+                                           const int32_t *xsum, const void *w, const void *wsv,
                                            int n, int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)gs;
     const uint8_t *wq = w;
     int ng = n / SB_QK;
@@ -162,11 +166,13 @@ static int has_avx512vnni(void) {
 #define QSET(s, rows) { .name = #s, .f16_vector = 1, .quantize_q8 = quantize_q8_avx2,       \
                         .matvec_q8_0 = matvec_q8_0_##s, .matvec_q4_0 = matvec_q4_0_##s,     \
                         .matvec_q8_rows = matvec_q8_rows_##rows, .f16_store = f16_store_avx2, \
+                        .matvec_q5 = matvec_q5_##rows, .matvec_q6 = matvec_q6_##rows,       \
                         .f16_scores = f16_scores_avx2, .f16_mix = f16_mix_avx2 }
 
 static const sb_qkernel_set set_avx2 = QSET(avx2, avx2);
 static const sb_qkernel_set set_avxvnni = QSET(avxvnni, avxvnni);
-// row-major (ak42) products stay 256-bit: that layout needs a horizontal sum per row
+// row-major (ak42) and q5/q6 products stay 256-bit: the first needs a horizontal sum per
+// row, the second's bit planes gain little from wider vectors
 static const sb_qkernel_set set_avx512vnni = QSET(avx512vnni, avx2);
 
 const sb_qkernel_choice sb_qkernels_x86[] = { // ascending speed
@@ -194,7 +200,7 @@ ATTR static inline void SFX(unpack4)(__m256i c0, __m256i c1, __m256i c2, __m256i
 }
 
 /* acc[k] (rows 8k..8k+7) += float(i) * scale[row] * xs, i in unpack4's row order. */
-ATTR static inline void SFX(scale_add)(__m256 acc[4], const __m256i i[4], const float *ws,
+ATTR static inline void SFX(scale_add)(__m256 acc[4], const __m256i i[4], const uint16_t *ws,
                                        float xs) {
     __m256i r[4] = {_mm256_permute2x128_si256(i[0], i[1], 0x20),
                     _mm256_permute2x128_si256(i[2], i[3], 0x20),
@@ -202,7 +208,7 @@ ATTR static inline void SFX(scale_add)(__m256 acc[4], const __m256i i[4], const 
                     _mm256_permute2x128_si256(i[2], i[3], 0x31)};
     __m256 vx = _mm256_set1_ps(xs);
     for (int k = 0; k < 4; k++) {
-        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(r[k]), _mm256_loadu_ps(ws + 8 * k));
+        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(r[k]), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ws + 8 * k))));
         acc[k] = _mm256_fmadd_ps(f, vx, acc[k]);
     }
 }
@@ -224,8 +230,9 @@ ATTR static inline __m256i SFX(bcast4)(const int8_t *p) {
 }
 
 ATTR static void SFX(matvec_q8_0)(float *out, const int8_t *xq, const float *xs,
-                                  const int32_t *xsum, const void *w, const float *ws, int n,
+                                  const int32_t *xsum, const void *w, const void *wsv, int n,
                                   int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)xsum, (void)gs;
     const int8_t *wq = w;
     int ng = n / SB_QK;
@@ -250,8 +257,9 @@ ATTR static void SFX(matvec_q8_0)(float *out, const int8_t *xq, const float *xs,
 }
 
 ATTR static void SFX(matvec_q4_0)(float *out, const int8_t *xq, const float *xs,
-                                  const int32_t *xsum, const void *w, const float *ws, int n,
+                                  const int32_t *xsum, const void *w, const void *wsv, int n,
                                   int d, int gs) {
+    const uint16_t *ws = wsv;
     (void)gs;
     const uint8_t *wq = w;
     int ng = n / SB_QK;
@@ -282,6 +290,62 @@ ATTR static void SFX(matvec_q4_0)(float *out, const int8_t *xq, const float *xs,
     }
 }
 
+/* Bytes of v shifted by sh (> 0 left, < 0 right) and masked (8-bit lanes by way of 16). */
+ATTR static inline __m256i SFX(shift_mask)(__m256i v, int sh, int mask) {
+    if (sh > 0) v = _mm256_slli_epi16(v, sh);
+    if (sh < 0) v = _mm256_srli_epi16(v, -sh);
+    return _mm256_and_si256(v, _mm256_set1_epi8((char)mask));
+}
+
+/* q5 / q6 (quant.c): each column rebuilt from its nibble and its high bits, then as q4. */
+ATTR static void SFX(matvec_qhi)(float *out, const int8_t *xq, const float *xs,
+                                 const int32_t *xsum, const uint8_t *wq, const uint16_t *ws,
+                                 int n, int d, int bits) {
+    int ng = n / SB_QK, k = bits - 4;
+    for (int b = 0; b < d; b += SB_QK) {
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                         _mm256_setzero_ps()};
+        for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK * bits / 8, ws += SB_QK) {
+            __m256i i[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(),
+                            _mm256_setzero_si256(), _mm256_setzero_si256()};
+            const __m256i *rows = (const __m256i *)wq;
+            for (int j = 0; j < SB_QK; j += 4) {
+                __m256i c[4];
+                for (int t = 0; t < 4; t++) {
+                    int col = j + t, c_hi = col / (4 * k);
+                    __m256i nib = _mm256_loadu_si256(rows + col % 16);
+                    __m256i hi = _mm256_loadu_si256(rows + 16 + col % (4 * k));
+                    c[t] = _mm256_or_si256(SFX(shift_mask)(nib, col < 16 ? 0 : -4, 15),
+                                           SFX(shift_mask)(hi, 4 - k * c_hi,
+                                                           ((1 << k) - 1) << 4));
+                }
+                __m256i q[4];
+                SFX(unpack4)(c[0], c[1], c[2], c[3], q);
+                __m256i x4 = SFX(bcast4)(xq + g * SB_QK + j);
+                for (int r = 0; r < 4; r++) i[r] = DOT4(i[r], q[r], x4);
+            }
+            __m256i off = _mm256_set1_epi32((1 << (bits - 1)) * xsum[g]);
+            for (int r = 0; r < 4; r++) i[r] = _mm256_sub_epi32(i[r], off);
+            SFX(scale_add)(acc, i, ws, xs[g]);
+        }
+        SFX(store_rows)(out + b, acc, d - b);
+    }
+}
+
+ATTR static void SFX(matvec_q5)(float *out, const int8_t *xq, const float *xs,
+                                const int32_t *xsum, const void *w, const void *ws, int n,
+                                int d, int gs) {
+    (void)gs;
+    SFX(matvec_qhi)(out, xq, xs, xsum, w, ws, n, d, 5);
+}
+
+ATTR static void SFX(matvec_q6)(float *out, const int8_t *xq, const float *xs,
+                                const int32_t *xsum, const void *w, const void *ws, int n,
+                                int d, int gs) {
+    (void)gs;
+    SFX(matvec_qhi)(out, xq, xs, xsum, w, ws, n, d, 6);
+}
+
 // ----------------------------------------------------------------------------
 // row-major int8 (llama2.c ak42): four rows at a time share each activation group
 
@@ -293,8 +357,9 @@ ATTR static inline float SFX(hsum)(__m256 v) {
 }
 
 ATTR static void SFX(matvec_q8_rows)(float *out, const int8_t *xq, const float *xs,
-                                     const int32_t *xsum, const void *w, const float *ws,
+                                     const int32_t *xsum, const void *w, const void *wsv,
                                      int n, int d, int gs) {
+    const float *ws = wsv;
     (void)xsum;
     int spr = n / gs; // scales per row
     int i = 0;

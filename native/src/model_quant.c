@@ -2,13 +2,15 @@
  * included, is read straight from the mapped file (no copy), so a 15M model in int8
  * costs its 17 MB of file pages, which the kernel may drop and re-read under pressure.
  *
- * storybot q8_0 / q4_0 (version 1; robot/quantize.py writes it and documents it):
- *   256-byte header: "SBQM", u32 version, "llama2\0\0", u32 format (1 q8_0, 2 q4_0),
- *   u32 group size (32), u32 rows per block (32), u32 alignment (64), 7 x i32 config
- *   (vocab_size > 0), u32 shared classifier, 32 bytes sha256 of the source checkpoint,
- *   u64 file size, zeros. Then 64-byte-aligned tensors: rms_att, rms_ffn, rms_final,
- *   embedding, per layer wq wk wv wo w1 w2 w3, classifier unless shared; each matrix is
- *   its blocks (quant.c) then its scales.
+ * storybot (version 2; robot/dev/quantize.py writes it and documents it):
+ *   256-byte header: "SBQM", u32 version, "llama2\0\0", u32 format (1 q8_0, 2 q4_0,
+ *   3 mixed), u32 group size (32), u32 rows per block (32), u32 alignment (64), 7 x i32
+ *   config (vocab_size > 0), u32 shared classifier, 32 bytes sha256 of the source
+ *   checkpoint, u64 file size, zeros. Then a type byte per matrix in file order (8 q8,
+ *   6 q6, 5 q5, 4 q4, 32 fp32 row-major), zeros to a 64-byte boundary. Then 64-byte-aligned
+ *   tensors: rms_att, rms_ffn, rms_final, embedding, per layer wq wk wv wo w1 w2 w3,
+ *   classifier unless shared; each quantized matrix is its blocks (quant.c) then its
+ *   fp16 scales.
  * llama2.c ak42 version 2 (export.py --version 2, read by runq.c):
  *   256-byte header: u32 0x616b3432, i32 version 2, 7 x i32 config (vocab_size > 0),
  *   u8 shared classifier, i32 group size (unaligned, byte 37), zeros. Then fp32 rms_att,
@@ -26,7 +28,8 @@
 #define SBQ_MAGIC 0x4d514253u  /* "SBQM" */
 #define AK42_MAGIC 0x616b3432u /* "ak42" as export.py writes it */
 #define HEADER_BYTES 256
-#define SBQ_VERSION 1
+#define SBQ_VERSION 2
+#define SBQ_MAX_MATRICES (1 + 7 * 64 + 1) /* type table bytes read (n_layers <= 64) */
 #define SBQ_ALIGN 64
 
 int sb_is_quant_magic(uint32_t magic) {
@@ -50,9 +53,16 @@ typedef struct {
     const unsigned char *base; // the mapped file, or NULL while only sizing
     uint64_t at;               // offset of the next tensor
     int storybot;              // 64-byte alignment and row blocks, else ak42
-    sb_type type;
+    sb_type type;              // ak42: every matrix's type
+    const unsigned char *types; // storybot: the type table (8, 6, 5, 4 or 32), in file order
+    int next;                  // storybot: the next matrix's index in the table
     int group_size;
 } walker;
+
+static sb_type storybot_type(unsigned char code) {
+    return code == 8 ? SB_Q8_0 : code == 6 ? SB_Q6 : code == 5 ? SB_Q5
+         : code == 4 ? SB_Q4_0 : SB_F32_ROWS;
+}
 
 static const float *take_floats(walker *w, uint64_t n) {
     const float *p = w->base ? (const float *)(w->base + w->at) : NULL;
@@ -62,31 +72,38 @@ static const float *take_floats(walker *w, uint64_t n) {
 }
 
 /* Bytes of a matrix's weights and of its scales. */
-static void matrix_sizes(const walker *w, int rows, int cols, uint64_t *data, uint64_t *scales) {
-    if (w->storybot) {
+static void matrix_sizes(sb_type type, int rows, int cols, int group_size, uint64_t *data,
+                         uint64_t *scales) {
+    if (type == SB_F32_ROWS) {
+        *data = (uint64_t)rows * (uint64_t)cols * sizeof(float);
+        *scales = 0;
+    } else if (type != SB_Q8_ROWS) {
         uint64_t padded = (uint64_t)(rows + SB_QK - 1) / SB_QK * SB_QK;
-        *data = padded * (uint64_t)cols / (w->type == SB_Q4_0 ? 2 : 1);
-        *scales = padded * (uint64_t)(cols / SB_QK) * sizeof(float);
+        *data = padded * (uint64_t)cols * (uint64_t)sb_type_bits(type) / 8;
+        *scales = padded * (uint64_t)(cols / SB_QK) * sizeof(uint16_t);
     } else {
         *data = (uint64_t)rows * (uint64_t)cols;
-        *scales = *data / (uint64_t)w->group_size * sizeof(float);
+        *scales = *data / (uint64_t)group_size * sizeof(float);
     }
 }
 
 static sb_matrix take_matrix(walker *w, int rows, int cols) {
     uint64_t data, scales;
-    matrix_sizes(w, rows, cols, &data, &scales);
-    sb_matrix m = {w->type, rows, cols, NULL, NULL, w->group_size};
+    sb_type type = w->storybot ? storybot_type(w->types[w->next++]) : w->type;
+    matrix_sizes(type, rows, cols, w->group_size, &data, &scales);
+    sb_matrix m = {type, rows, cols, NULL, NULL, w->group_size};
     if (w->base) m.data = w->base + w->at;
     w->at += data;
     if (w->storybot) w->at = align_up(w->at);
-    m.scales = take_floats(w, scales / sizeof(float));
+    if (w->base) m.scales = w->base + w->at;
+    w->at += scales;
+    if (w->storybot) w->at = align_up(w->at);
     return m;
 }
 
-static uint64_t bytes_of(const walker *w, const sb_matrix *m) {
+static uint64_t bytes_of(const sb_matrix *m) {
     uint64_t data, scales;
-    matrix_sizes(w, m->rows, m->cols, &data, &scales);
+    matrix_sizes(m->type, m->rows, m->cols, m->group_size, &data, &scales);
     return data + scales;
 }
 
@@ -94,6 +111,7 @@ static uint64_t bytes_of(const walker *w, const sb_matrix *m) {
 static void walk(walker *w, sb_model *m) {
     const sb_config *c = &m->cfg;
     int L = c->n_layers, dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim;
+    w->next = 0;
     m->rms_att = take_floats(w, (uint64_t)L * dim);
     m->rms_ffn = take_floats(w, (uint64_t)L * dim);
     m->rms_final = take_floats(w, (uint64_t)dim);
@@ -128,8 +146,9 @@ static sb_status parse_storybot(const unsigned char *h, sb_model *m, walker *w,
         return sb_fail(err, SB_ERR_FORMAT, "architecture '%.8s' is not supported (llama2)",
                        (const char *)(h + 8));
     }
-    if (fmt != 1 && fmt != 2) {
-        return sb_fail(err, SB_ERR_FORMAT, "unknown weight format %u (1 = q8_0, 2 = q4_0)", fmt);
+    if (fmt < 1 || fmt > 3) {
+        return sb_fail(err, SB_ERR_FORMAT, "unknown weight format %u (1 = q8_0, 2 = q4_0, "
+                       "3 = mixed)", fmt);
     }
     if (gs != SB_QK || rows != SB_QK || align != SBQ_ALIGN) {
         return sb_fail(err, SB_ERR_FORMAT, "group size %u, row block %u, alignment %u: this "
@@ -148,9 +167,39 @@ static sb_status parse_storybot(const unsigned char *h, sb_model *m, walker *w,
     if (s != SB_OK) return s;
     memcpy(declared, h + 96, sizeof *declared);
     w->storybot = 1;
-    w->type = fmt == 1 ? SB_Q8_0 : SB_Q4_0;
     w->group_size = SB_QK;
-    m->format = fmt == 1 ? "storybot-q8_0" : "storybot-q4_0";
+    m->format = fmt == 1 ? "storybot-q8_0" : fmt == 2 ? "storybot-q4_0" : "storybot-mixed";
+    return SB_OK;
+}
+
+/* Reads and checks the type table (after the header) into types. */
+static sb_status read_types(int fd, uint64_t size, const sb_config *c, unsigned char *types,
+                            uint64_t *table_bytes, const char *path, char *err) {
+    if (c->n_layers > 64) {
+        return sb_fail(err, SB_ERR_FORMAT, "n_layers %d: storybot files hold at most 64",
+                       c->n_layers);
+    }
+    int n = 1 + 7 * c->n_layers + !c->shared;
+    *table_bytes = align_up((uint64_t)n);
+    if (size < HEADER_BYTES + *table_bytes) {
+        return sb_fail(err, SB_ERR_FORMAT, "model %s is %llu bytes: truncated inside its "
+                       "type table", path, (unsigned long long)size);
+    }
+    if (pread(fd, types, (size_t)n, HEADER_BYTES) != (ssize_t)n) {
+        return sb_fail(err, SB_ERR_IO, "cannot read model %s: %s", path, strerror(errno));
+    }
+    // the inner dimension of each matrix in file order (embedding, 7 per layer, classifier)
+    for (int i = 0; i < n; i++) {
+        int cols = i >= 1 && i <= 7 * c->n_layers && (i - 1) % 7 == 5 ? c->hidden_dim : c->dim;
+        if (types[i] != 4 && types[i] != 5 && types[i] != 6 && types[i] != 8 && types[i] != 32) {
+            return sb_fail(err, SB_ERR_FORMAT, "matrix %d has type %u (4, 5, 6, 8 or 32)", i,
+                           types[i]);
+        }
+        if (types[i] != 32 && cols % SB_QK) {
+            return sb_fail(err, SB_ERR_FORMAT, "matrix %d is quantized but its inner "
+                           "dimension %d is not a multiple of %d", i, cols, SB_QK);
+        }
+    }
     return SB_OK;
 }
 
@@ -206,16 +255,23 @@ sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic
         return sb_fail(err, SB_ERR_IO, "cannot read model %s: %s", path, strerror(errno));
     }
     walker w = {0};
-    uint64_t declared = 0;
-    sb_status s = magic == SBQ_MAGIC ? parse_storybot(h, m, &w, &declared, err)
-                                     : parse_ak42(h, m, &w, err);
-    if (s == SB_OK) s = check_groups(&m->cfg, w.group_size, err);
+    uint64_t declared = 0, table = 0;
+    unsigned char types[SBQ_MAX_MATRICES];
+    sb_status s;
+    if (magic == SBQ_MAGIC) {
+        s = parse_storybot(h, m, &w, &declared, err);
+        if (s == SB_OK) s = read_types(fd, size, &m->cfg, types, &table, path, err);
+        w.types = types;
+    } else {
+        s = parse_ak42(h, m, &w, err);
+        if (s == SB_OK) s = check_groups(&m->cfg, w.group_size, err);
+    }
     if (s != SB_OK) return s;
 
     int L = m->cfg.n_layers;
     if ((s = sb_model_alloc_matrices(m, err)) != SB_OK) return s;
 
-    w.at = HEADER_BYTES;
+    w.at = HEADER_BYTES + table;
     walk(&w, m); // sizes only
     uint64_t expected = w.at;
     if (magic == SBQ_MAGIC && declared != expected) {
@@ -235,14 +291,14 @@ sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic
     m->map = map;
     m->map_len = size;
     w.base = map;
-    w.at = HEADER_BYTES;
+    w.at = HEADER_BYTES + table;
     walk(&w, m);
 
     // read per token: every matrix, the norms, and one embedding row (not the whole table)
     uint64_t bytes = sizeof(float) * (uint64_t)m->cfg.dim * (2 * (uint64_t)L + 1);
-    for (int i = 0; i < 7 * L; i++) bytes += bytes_of(&w, &m->matrices[i]);
-    bytes += bytes_of(&w, &m->wcls);
-    bytes += bytes_of(&w, &m->embedding) / (uint64_t)m->cfg.vocab_size;
+    for (int i = 0; i < 7 * L; i++) bytes += bytes_of(&m->matrices[i]);
+    bytes += bytes_of(&m->wcls);
+    bytes += bytes_of(&m->embedding) / (uint64_t)m->cfg.vocab_size;
     m->weight_bytes = (size_t)bytes;
     m->qkernels = sb_qkernels_pick(m->kernels == &sb_kernels_generic);
     return SB_OK;

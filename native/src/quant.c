@@ -4,10 +4,19 @@
  * Weight layouts (the matrix W is (d, n), groups of SB_QK = 32 columns):
  *   SB_Q8_0   blocks of 32 rows; block b, group g is 32 x 32 int8 stored column by
  *             column: w[((b * ng + g) * 32 + j) * 32 + r] is W[32b + r][32g + j].
- *             Scales ws[(b * ng + g) * 32 + r]. The last block is padded with zero rows.
+ *             fp16 scales ws[(b * ng + g) * 32 + r]. The last block is padded with zero
+ *             rows.
  *   SB_Q4_0   the same blocks, two columns per byte: byte [(b * ng + g) * 16 + p][r] holds
- *             columns 2p (low nibble) and 2p + 1 (high nibble) as q + 8, q in [-7, 7].
- *   SB_Q8_ROWS llama2.c ak42: row-major int8, scale of W[i][j] at ws[(i * n + j) / gs].
+ *             columns 2p (low nibble) and 2p + 1 (high nibble) as q + 8, q in [-8, 7].
+ *   SB_Q5, SB_Q6 the same blocks with k = 1 or 2 high bits: u = q + 2^(k + 3) in
+ *             [0, 2^(k + 4)); a block-group's 32 * 32 * (4 + k) / 8 bytes are nibbles,
+ *             byte [p][r] (p < 16) holding u's low bits of columns p (low nibble) and
+ *             p + 16, then high bits, byte [16 + i][r] (i < 4k) holding in bits
+ *             [k(c + 1) - 1 : kc] the high bits of column i + 4k * c. So one vector of
+ *             nibble bytes gives 8 or 16 columns' low bits at once, and a shift of the
+ *             high-bit bytes lines up the same columns' high bits.
+ *   SB_Q8_ROWS llama2.c ak42: row-major int8, fp32 scale of W[i][j] at ws[(i * n + j) / gs].
+ *   SB_F32_ROWS fp32 row-major (a matrix whose inner dimension is not whole groups).
  * Column-major blocks let a vector unit multiply one column of 32 rows by one activation
  * and keep 32 row sums in lanes, with no horizontal sum per group (see kernels_q_rvv.c).
  */
@@ -47,10 +56,11 @@ static void quantize_q8_generic(int8_t *xq, float *xs, int32_t *xsum, const floa
 // portable products (also the reference the tuned sets are tested against)
 
 static void matvec_q8_0_generic(float *out, const int8_t *xq, const float *xs,
-                                const int32_t *xsum, const void *w, const float *ws, int n,
+                                const int32_t *xsum, const void *w, const void *wsv, int n,
                                 int d, int gs) {
     (void)xsum, (void)gs;
     const int8_t *wq = w;
+    const uint16_t *ws = wsv;
     int ng = n / SB_QK;
     for (int b = 0; b < d; b += SB_QK) {
         float acc[SB_QK] = {0};
@@ -60,17 +70,18 @@ static void matvec_q8_0_generic(float *out, const int8_t *xq, const float *xs,
                 int32_t xj = xq[g * SB_QK + j];
                 for (int r = 0; r < SB_QK; r++) isum[r] += wq[j * SB_QK + r] * xj;
             }
-            for (int r = 0; r < SB_QK; r++) acc[r] += (float)isum[r] * ws[r] * xs[g];
+            for (int r = 0; r < SB_QK; r++) acc[r] += (float)isum[r] * sb_f16_to_f32(ws[r]) * xs[g];
         }
         memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
     }
 }
 
 static void matvec_q4_0_generic(float *out, const int8_t *xq, const float *xs,
-                                const int32_t *xsum, const void *w, const float *ws, int n,
+                                const int32_t *xsum, const void *w, const void *wsv, int n,
                                 int d, int gs) {
     (void)gs;
     const uint8_t *wq = w;
+    const uint16_t *ws = wsv;
     int ng = n / SB_QK;
     for (int b = 0; b < d; b += SB_QK) {
         float acc[SB_QK] = {0};
@@ -85,17 +96,60 @@ static void matvec_q4_0_generic(float *out, const int8_t *xq, const float *xs,
             }
             // the nibbles hold q + 8: take 8 * sum(x) back once per group
             for (int r = 0; r < SB_QK; r++) {
-                acc[r] += (float)(isum[r] - 8 * xsum[g]) * ws[r] * xs[g];
+                acc[r] += (float)(isum[r] - 8 * xsum[g]) * sb_f16_to_f32(ws[r]) * xs[g];
             }
         }
         memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
     }
 }
 
+/* SB_Q5 / SB_Q6: u = low nibble | high bits << 4, less 2^(bits - 1) per group. */
+static void matvec_qhi_generic(float *out, const int8_t *xq, const float *xs,
+                               const int32_t *xsum, const uint8_t *wq, const uint16_t *ws,
+                               int n, int d, int bits) {
+    int ng = n / SB_QK, k = bits - 4, mask = (1 << k) - 1;
+    for (int b = 0; b < d; b += SB_QK) {
+        float acc[SB_QK] = {0};
+        for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK * bits / 8, ws += SB_QK) {
+            const uint8_t *hi = wq + SB_QK * SB_QK / 2;
+            int32_t isum[SB_QK] = {0};
+            for (int j = 0; j < SB_QK; j++) {
+                const uint8_t *nib = wq + (j % 16) * SB_QK, *top = hi + (j % (4 * k)) * SB_QK;
+                int shift = j < 16 ? 0 : 4, hshift = k * (j / (4 * k));
+                int32_t xj = xq[g * SB_QK + j];
+                for (int r = 0; r < SB_QK; r++) {
+                    int u = ((nib[r] >> shift) & 15) | (((top[r] >> hshift) & mask) << 4);
+                    isum[r] += u * xj;
+                }
+            }
+            for (int r = 0; r < SB_QK; r++) {
+                acc[r] += (float)(isum[r] - (1 << (bits - 1)) * xsum[g]) *
+                          sb_f16_to_f32(ws[r]) * xs[g];
+            }
+        }
+        memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
+    }
+}
+
+static void matvec_q5_generic(float *out, const int8_t *xq, const float *xs,
+                              const int32_t *xsum, const void *w, const void *ws, int n,
+                              int d, int gs) {
+    (void)gs;
+    matvec_qhi_generic(out, xq, xs, xsum, w, ws, n, d, 5);
+}
+
+static void matvec_q6_generic(float *out, const int8_t *xq, const float *xs,
+                              const int32_t *xsum, const void *w, const void *ws, int n,
+                              int d, int gs) {
+    (void)gs;
+    matvec_qhi_generic(out, xq, xs, xsum, w, ws, n, d, 6);
+}
+
 static void matvec_q8_rows_generic(float *out, const int8_t *xq, const float *xs,
-                                   const int32_t *xsum, const void *w, const float *ws, int n,
+                                   const int32_t *xsum, const void *w, const void *wsv, int n,
                                    int d, int gs) {
     (void)xsum;
+    const float *ws = wsv;
     for (int i = 0; i < d; i++) {
         const int8_t *row = (const int8_t *)w + (size_t)i * n;
         const float *rs = ws + (size_t)i * (n / gs); // gs divides n
@@ -176,6 +230,8 @@ const sb_qkernel_set sb_qkernels_generic = {
     .matvec_q8_0 = matvec_q8_0_generic,
     .matvec_q4_0 = matvec_q4_0_generic,
     .matvec_q8_rows = matvec_q8_rows_generic,
+    .matvec_q5 = matvec_q5_generic,
+    .matvec_q6 = matvec_q6_generic,
     .f16_store = sb_f16_store_generic,
     .f16_scores = sb_f16_scores_generic,
     .f16_mix = sb_f16_mix_generic,
@@ -207,6 +263,17 @@ const sb_qkernel_set *sb_qkernels_pick(int generic_only) {
 // ----------------------------------------------------------------------------
 // used by the forward pass
 
+int sb_type_bits(sb_type type) {
+    switch (type) {
+    case SB_Q4_0: return 4;
+    case SB_Q5: return 5;
+    case SB_Q6: return 6;
+    case SB_F32:
+    case SB_F32_ROWS: return 32;
+    default: return 8;
+    }
+}
+
 void sb_quantize_input(const sb_model *m, sb_state_q *s, const float *x, int n) {
     m->qkernels->quantize_q8(s->q, s->s, s->sum, x, n);
 }
@@ -215,33 +282,68 @@ void sb_matvec_quant_rows(const sb_model *m, const sb_state_q *s, float *out,
                           const sb_matrix *w, int r0, int r1) {
     const sb_qkernel_set *k = m->qkernels;
     int n = w->cols;
-    size_t data, scales; // offsets of row r0 (a block boundary) in bytes and in floats
+    size_t data, scales; // offsets of row r0 (a block boundary) in bytes
     sb_qmatvec_fn f;
-    if (w->type == SB_Q8_ROWS) {
+    switch (w->type) {
+    case SB_Q8_ROWS:
         f = k->matvec_q8_rows;
         data = (size_t)r0 * n;
-        scales = (size_t)r0 * (n / w->group_size);
-    } else {
-        f = w->type == SB_Q8_0 ? k->matvec_q8_0 : k->matvec_q4_0;
-        data = (size_t)r0 * n / (w->type == SB_Q4_0 ? 2 : 1);
-        scales = (size_t)r0 * (n / SB_QK);
+        scales = (size_t)r0 * (n / w->group_size) * sizeof(float);
+        break;
+    case SB_Q8_0:
+    case SB_Q4_0:
+    case SB_Q5:
+    case SB_Q6:
+        f = w->type == SB_Q8_0 ? k->matvec_q8_0 : w->type == SB_Q4_0 ? k->matvec_q4_0
+          : w->type == SB_Q5 ? k->matvec_q5 : k->matvec_q6;
+        if (!f) f = w->type == SB_Q5 ? matvec_q5_generic : matvec_q6_generic;
+        data = (size_t)r0 * n * sb_type_bits(w->type) / 8;
+        scales = (size_t)r0 * (n / SB_QK) * sizeof(uint16_t);
+        break;
+    default:
+        return;
     }
-    f(out + r0, s->q, s->s, s->sum, (const char *)w->data + data, w->scales + scales, n,
-      r1 - r0, w->group_size);
+    f(out + r0, s->q, s->s, s->sum, (const char *)w->data + data,
+      (const char *)w->scales + scales, n, r1 - r0, w->group_size);
+}
+
+/* Rows [r0, r1) of out = W @ x for SB_F32_ROWS: only small models have such matrices
+ * (an inner dimension that is not whole groups), so a plain loop does. */
+void sb_matvec_f32_rows(float *out, const float *x, const sb_matrix *w, int r0, int r1) {
+    const float *p = (const float *)w->data + (size_t)r0 * w->cols;
+    for (int i = r0; i < r1; i++, p += w->cols) {
+        float val = 0.0f;
+        for (int j = 0; j < w->cols; j++) val += p[j] * x[j];
+        out[i] = val;
+    }
 }
 
 void sb_dequantize_row(const sb_matrix *w, int row, float *out) {
     int n = w->cols, ng = n / SB_QK, lane = row % SB_QK;
     size_t blk = (size_t)(row / SB_QK) * ng; // first (block, group) of this row
+    if (w->type == SB_F32_ROWS) {
+        memcpy(out, (const float *)w->data + (size_t)row * n, sizeof(float) * (size_t)n);
+        return;
+    }
     if (w->type == SB_Q8_ROWS) {
         const int8_t *q = (const int8_t *)w->data + (size_t)row * n;
-        const float *s = w->scales + (size_t)row * (n / w->group_size);
+        const float *s = (const float *)w->scales + (size_t)row * (n / w->group_size);
         for (int j = 0; j < n; j++) out[j] = (float)q[j] * s[j / w->group_size];
         return;
     }
+    const uint16_t *scales = w->scales;
+    int bits = sb_type_bits(w->type), k = bits - 4;
     for (int g = 0; g < ng; g++) {
-        float s = w->scales[(blk + g) * SB_QK + lane];
-        if (w->type == SB_Q8_0) {
+        float s = sb_f16_to_f32(scales[(blk + g) * SB_QK + lane]);
+        if (w->type == SB_Q5 || w->type == SB_Q6) {
+            const uint8_t *q = (const uint8_t *)w->data + (blk + g) * SB_QK * SB_QK * bits / 8;
+            for (int j = 0; j < SB_QK; j++) {
+                int lo = (q[(j % 16) * SB_QK + lane] >> (j < 16 ? 0 : 4)) & 15;
+                int hi = q[(16 + j % (4 * k)) * SB_QK + lane] >> (k * (j / (4 * k)));
+                int u = lo | ((hi & ((1 << k) - 1)) << 4);
+                out[g * SB_QK + j] = (float)(u - (1 << (bits - 1))) * s;
+            }
+        } else if (w->type == SB_Q8_0) {
             const int8_t *q = (const int8_t *)w->data + (blk + g) * SB_QK * SB_QK + lane;
             for (int j = 0; j < SB_QK; j++) out[g * SB_QK + j] = (float)q[j * SB_QK] * s;
         } else {
@@ -289,12 +391,14 @@ int sb_test_quantize_q8(const char *kernels, int8_t *xq, float *xs, int32_t *xsu
 }
 
 int sb_test_qmatvec(const char *kernels, int type, float *out, const int8_t *xq,
-                    const float *xs, const int32_t *xsum, const void *w, const float *ws,
+                    const float *xs, const int32_t *xsum, const void *w, const void *ws,
                     int n, int d, int gs) {
     const sb_qkernel_set *k = find_set(kernels);
     if (!k || n <= 0 || d <= 0 || n % SB_QK || gs <= 0 || gs % SB_QK || n % gs) return -1;
     sb_qmatvec_fn f = type == SB_Q8_0 ? k->matvec_q8_0 : type == SB_Q4_0 ? k->matvec_q4_0
-                    : type == SB_Q8_ROWS ? k->matvec_q8_rows : NULL;
+                    : type == SB_Q8_ROWS ? k->matvec_q8_rows : type == SB_Q5 ? k->matvec_q5
+                    : type == SB_Q6 ? k->matvec_q6 : NULL;
+    if (!f && (type == SB_Q5 || type == SB_Q6)) return -2; // this set has no such kernel
     if (!f) return -1;
     f(out, xq, xs, xsum, w, ws, n, d, gs);
     return 0;

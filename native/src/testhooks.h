@@ -13,10 +13,12 @@ int sb_test_qkernels(char *buf, size_t len);
 /* x (n,) -> Q8_0 with the named set; returns 0, or -1 for an unknown set or a bad n. */
 int sb_test_quantize_q8(const char *kernels, int8_t *xq, float *xs, int32_t *xsum,
                         const float *x, int n);
-/* out (d,) = W @ x with the named set; type 1 = q8_0 blocks, 2 = q4_0 blocks,
- * 3 = row-major int8 with group size gs (llama2.c ak42). Returns 0 or -1. */
+/* out (d,) = W @ x with the named set; type 1 = q8_0 blocks, 2 = q4_0 blocks, 5 = q5
+ * blocks, 6 = q6 blocks (fp16 scales), 3 = row-major int8 with group size gs (llama2.c
+ * ak42, fp32 scales). Returns 0, -1, or -2 when the set has no kernel of its own for
+ * q5/q6 (the forward pass then uses the portable one). */
 int sb_test_qmatvec(const char *kernels, int type, float *out, const int8_t *xq,
-                    const float *xs, const int32_t *xsum, const void *w, const float *ws,
+                    const float *xs, const int32_t *xsum, const void *w, const void *ws,
                     int n, int d, int gs);
 /* fp16 KV helpers of the named set: op 0 stores a (n,) as halves into out, op 1 is
  * f16_scores(out, a, b, head_size, stride = seq_len, n), op 2 is

@@ -9,7 +9,7 @@
  * failure). Around one 768 x 288 product per set it executes the hint instructions
  * "addi x0, x0, 10 + k" / "11 + k" on riscv (no-ops on hardware), so the qemu insncount
  * plugin can count a kernel's instructions (marks 10/11: q8_0, 12/13: q4_0, 14/15:
- * ak42 rows, for the last set listed).
+ * ak42 rows, 16/17: q5, 18/19: q6, for the last set listed).
  */
 #include <math.h>
 #include <stdio.h>
@@ -50,7 +50,7 @@ typedef struct {
     float *s;           // (d, n / 32) scales
     int8_t *blocks8;    // SB_Q8_0 layout
     uint8_t *blocks4;   // SB_Q4_0 layout (q must be in [-8, 7])
-    float *bscales;     // block scales [block][group][32]
+    uint16_t *bscales;  // block scales [block][group][32], fp16
     float *rscales;     // ak42 scales with group size gs
     int gs;
 } weights;
@@ -62,16 +62,18 @@ static weights make_weights(int n, int d, int lo, int hi, int gs) {
     w.s = malloc(sizeof(float) * (size_t)d * ng);
     w.blocks8 = calloc((size_t)nb * SB_QK * n, 1);
     w.blocks4 = calloc((size_t)nb * SB_QK * n / 2, 1);
-    w.bscales = calloc((size_t)nb * SB_QK * ng, sizeof(float));
+    w.bscales = calloc((size_t)nb * SB_QK * ng, sizeof(uint16_t));
     w.rscales = malloc(sizeof(float) * (size_t)d * (n / gs));
     for (int i = 0; i < d * n; i++) w.q[i] = (int8_t)rand_int(lo, hi);
-    for (int i = 0; i < d * ng; i++) w.s[i] = (float)rand_int(1, 1000) * 1e-4f;
+    for (int i = 0; i < d * ng; i++) { // values fp16 holds, as the blocks store them
+        w.s[i] = sb_f16_to_f32(sb_f32_to_f16((float)rand_int(1, 1000) * 1e-4f));
+    }
     for (int i = 0; i < d * (n / gs); i++) w.rscales[i] = (float)rand_int(1, 1000) * 1e-4f;
     for (int r = 0; r < d; r++) {
         int b = r / SB_QK, lane = r % SB_QK;
         for (int g = 0; g < ng; g++) {
             size_t bg = (size_t)b * ng + g;
-            w.bscales[bg * SB_QK + lane] = w.s[(size_t)r * ng + g];
+            w.bscales[bg * SB_QK + lane] = sb_f32_to_f16(w.s[(size_t)r * ng + g]);
             for (int j = 0; j < SB_QK; j++) {
                 int8_t v = w.q[(size_t)r * n + g * SB_QK + j];
                 w.blocks8[(bg * SB_QK + j) * SB_QK + lane] = v;
@@ -81,6 +83,25 @@ static weights make_weights(int n, int d, int lo, int hi, int gs) {
         }
     }
     return w;
+}
+
+/* The SB_Q5 / SB_Q6 blocks of w (q in [-2^(bits-1), 2^(bits-1))), as quant.c lays them. */
+static uint8_t *pack_hi(const weights *w, int bits) {
+    int n = w->n, d = w->d, ng = n / SB_QK, nb = (d + SB_QK - 1) / SB_QK, k = bits - 4;
+    size_t bg_bytes = (size_t)SB_QK * SB_QK * bits / 8;
+    uint8_t *out = calloc((size_t)nb * ng, bg_bytes);
+    for (int r = 0; r < d; r++) {
+        for (int g = 0; g < ng; g++) {
+            uint8_t *blk = out + ((size_t)(r / SB_QK) * ng + g) * bg_bytes;
+            int lane = r % SB_QK;
+            for (int j = 0; j < SB_QK; j++) {
+                int u = w->q[(size_t)r * n + g * SB_QK + j] + (1 << (bits - 1));
+                blk[(j % 16) * SB_QK + lane] |= (uint8_t)((u & 15) << (j < 16 ? 0 : 4));
+                blk[(16 + j % (4 * k)) * SB_QK + lane] |= (uint8_t)((u >> 4) << (k * (j / (4 * k))));
+            }
+        }
+    }
+    return out;
 }
 
 static void free_weights(weights *w) {
@@ -141,6 +162,23 @@ static void test_products(const sb_qkernel_set *k, int n, int d, int gs, int mar
     k->matvec_q4_0(out, xq, xs, xsum, w4.blocks4, w4.bscales, n, d, SB_QK);
     if (mark) MARK(13);
     check(close_enough(out, want, d) && out[d] == 12345.0f, "matvec_q4_0", k->name, n, d);
+
+    for (int bits = 5; bits <= 6; bits++) {
+        weights wh = make_weights(n, d, -(1 << (bits - 1)), (1 << (bits - 1)) - 1, gs);
+        uint8_t *blocks = pack_hi(&wh, bits);
+        sb_qmatvec_fn f = bits == 5 ? k->matvec_q5 : k->matvec_q6;
+        if (!f) f = bits == 5 ? sb_qkernels_generic.matvec_q5 : sb_qkernels_generic.matvec_q6;
+        reference(want, &wh, xq, xs, 0);
+        if (mark && bits == 5) MARK(16);
+        if (mark && bits == 6) MARK(18);
+        f(out, xq, xs, xsum, blocks, wh.bscales, n, d, SB_QK);
+        if (mark && bits == 5) MARK(17);
+        if (mark && bits == 6) MARK(19);
+        check(close_enough(out, want, d) && out[d] == 12345.0f, bits == 5 ? "matvec_q5" : "matvec_q6",
+              k->name, n, d);
+        free(blocks);
+        free_weights(&wh);
+    }
 
     reference(want, &w8, xq, xs, 1);
     if (mark) MARK(14);

@@ -7,6 +7,18 @@ the machine's read bandwidth, the fp32 roofline, on plain memory and on 2 MB pag
 baseline is any binary with run.c's command line (its "achieved tok/s" line is read);
 riscv64 builds run under qemu-user with the qemu-insncount plugin, which counts
 instructions between markers around each generated token.
+
+With --riscv, the C906 table also puts storybot's XTheadVector CLI (on every --model)
+beside riscv64 programs given with --riscv-baseline PROG::MODEL (anything with run.c's
+command line: llama2.c's run and runq, the S2311 winner's runq-fast-gcc), counted the
+same way for all of them, as issue 16 describes: the T-Head qemu (-cpu c906fdv) with the
+plugin's C906 cost model (vspec 0.7), the story's prompt with seed 7, sampled
+(temperature 1, top-p 0.9) and greedy, and per generated token the difference of two
+whole-run counts, RISCV_STEPS[1] positions less RISCV_STEPS[0] (so loading, the prompt
+and exit cancel out). A story that ends (BOS) before the longer count makes the
+difference meaningless; the row then says so. Modeled tok/s = 1 / (cycles at 1 GHz +
+weight bytes at 1.0 GB/s), weight bytes per token = the model file's size (every weight
+is read once per token; the shared embedding is the classifier).
 """
 from __future__ import annotations
 
@@ -34,6 +46,11 @@ NATIVE = REPO / "native"
 # runs all 256 positions before the story ends, so the last position shows the longest
 # attention; a quantized model tells another story, which may end sooner.
 STORY = ["-i", "Once upon a time", "-t", "1.0", "-p", "0.9", "-s", "13"]
+
+# the C906 table (issue 16's method): positions counted, seed, and the two samplings
+RISCV_STEPS = (80, 144)
+RISCV_SEED = "7"
+RISCV_MODES = {"sampled": ["-t", "1.0", "-p", "0.9"], "greedy": ["-t", "0"]}
 
 # riscv64 builds: name -> (compiler variable of tools/riscv/env.sh, emulator variable,
 # plugin argument variable, INSNCOUNT_VSPEC)
@@ -209,6 +226,78 @@ def bench_riscv(name: str, env: Dict[str, str], model: Path, tok: Path, steps: i
                   note=f"qemu-user, the story's sampling, generated positions of the first {steps}")
 
 
+@dataclass
+class C906Row:
+    """One riscv64 program on one model, per generated token (issue 16's table)."""
+
+    program: str
+    model: str
+    mode: str
+    insns_per_token: float = 0.0
+    cycles_per_token: float = 0.0
+    weight_mb_per_token: float = 0.0
+    modeled_tok_s: float = 0.0
+    note: str = ""
+
+
+def _whole_run(emu: List[str], plugin: str, argv: List[str], model: Path, tok: Path,
+               steps: int, mode: str) -> tuple:
+    """(insns, C906 cycles, stdout) of one whole run of a run.c-compatible program."""
+    env = {"INSNCOUNT_VSPEC": "0.7", "PATH": os.environ.get("PATH", "")}
+    proc = subprocess.run([*emu, "-plugin", plugin, *argv, str(model), "-z", str(tok),
+                           "-n", str(steps), "-s", RISCV_SEED, *RISCV_MODES[mode],
+                           "-i", STORY[1]], capture_output=True, env=env)
+    text = proc.stderr.decode(errors="replace")
+    insns = re.search(r"^insns (\d+) vector \d+$", text, re.M)
+    cycles = re.search(r"^c906_cycles (\d+) ", text, re.M)
+    if proc.returncode or not insns or not cycles:
+        raise RuntimeError(f"{argv[0]} under qemu failed ({proc.returncode}): {text[-400:]}")
+    return int(insns.group(1)), int(cycles.group(1)), proc.stdout
+
+
+def c906_row(label: str, argv: List[str], model: Path, tok: Path, mode: str,
+             env: Dict[str, str]) -> C906Row:
+    emu = shlex.split(env["QEMU_C906"])
+    (i0, c0, out0), (i1, c1, out1) = (_whole_run(emu, env["INSNCOUNT_C906_PLUGIN"], argv, model,
+                                                 tok, n, mode) for n in RISCV_STEPS)
+    n = RISCV_STEPS[1] - RISCV_STEPS[0]
+    row = C906Row(label, model.name, mode, (i1 - i0) / n, (c1 - c0) / n,
+                  model.stat().st_size / 1e6)
+    row.modeled_tok_s = 1e9 / (row.cycles_per_token + row.weight_mb_per_token * 1e6)
+    if out1 == out0:
+        row.note = f"story ended before position {RISCV_STEPS[0]}: not per token"
+    return row
+
+
+def c906_table(rows: List[C906Row]) -> str:
+    lines = ["| program | model | sampling | insns/token | est. C906 cycles/token | "
+             "weight MB/token | modeled tok/s | note |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.program} | {r.model} | {r.mode} | {r.insns_per_token / 1e6:.2f}M | "
+                     f"{r.cycles_per_token / 1e6:.1f}M | {r.weight_mb_per_token:.1f} | "
+                     f"{r.modeled_tok_s:.1f} | {r.note} |")
+    return "\n".join(lines)
+
+
+def bench_c906(models_: List[Path], baselines: List[str], tok: Path) -> List[C906Row]:
+    """storybot's XTheadVector CLI on every model, then each PROG::MODEL baseline."""
+    env = riscv_env()
+    build = make("build/xtheadvector-gcc14", env["RV_CC_XTHEAD"])
+    programs = [("storybot, XTheadVector", [str(build / "storybot-run")], m) for m in models_]
+    for base in baselines:
+        command, _, model = base.partition("::")
+        if not model:
+            raise ValueError(f"--riscv-baseline {base!r}: give PROG::MODEL")
+        argv = shlex.split(command)
+        programs.append((Path(argv[0]).name, argv, Path(model)))
+    rows = []
+    for label, argv, model in programs:
+        for mode in RISCV_MODES:
+            _LOGGER.info("counting %s on %s, %s", label, model.name, mode)
+            rows.append(c906_row(label, argv, model, tok, mode, env))
+    return rows
+
+
 # ---------------------------------------------------------------------------- report
 
 def table(results: List[Result]) -> str:
@@ -274,7 +363,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     model_paths = [models.find(m) for m in (args.model or [models.DEFAULT_MODEL])]
     results: List[Result] = []
     host = make("build")
-    for model in model_paths:
+    for model in model_paths if not args.riscv_only else []:
         for rnd in range(args.rounds):  # interleaved rounds: load drifts hit every build alike
             results.append(bench_host("storybot", host / "storybot-bench", model, tok, args.runs))
             results.append(bench_host("storybot generic", host / "storybot-bench", model, tok,
@@ -289,12 +378,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 command, _, own_model = base.partition("::")
                 results.append(bench_cli(Path(shlex.split(command)[0]).name, shlex.split(command),
                                          Path(own_model) if own_model else model, tok, args.runs))
+    c906: List[C906Row] = []
     if args.riscv:
         env = riscv_env()
-        for name in RISCV_BUILDS:
+        for name in RISCV_BUILDS if not args.riscv_only else []:
             for model in model_paths:
                 results.append(bench_riscv(name, env, model, tok, args.riscv_steps))
-    print(table(results))
+        c906 = bench_c906(model_paths, args.riscv_baseline, tok)
+    if not args.riscv_only:
+        print(table(results))
+    if c906:
+        print(f"\nC906 (qemu insncount), per generated token over positions "
+              f"{RISCV_STEPS[0]}-{RISCV_STEPS[1] - 1}, seed {RISCV_SEED}:")
+        print(c906_table(c906))
     tell = []
     if args.tell:
         from .tellbench import run_tell_bench, tell_bench_table
@@ -305,6 +401,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(tell_bench_table(tell[-1]))
     if args.json:
         Path(args.json).write_text(json.dumps({"builds": [asdict(r) for r in results],
+                                               "c906": [asdict(r) for r in c906],
                                                "tell": tell}, indent=1))
     if args.plot:
         plot(results, Path(args.plot))
@@ -327,6 +424,11 @@ def register(sub) -> None:
     p.add_argument("--riscv", action="store_true",
                    help="also count riscv64 instructions per token under qemu "
                         "(needs tools/riscv/setup.sh)")
+    p.add_argument("--riscv-baseline", action="append", default=[], metavar="PROG::MODEL",
+                   help="with --riscv: a riscv64 program with run.c's command line and its "
+                        "model, counted beside storybot in the C906 table (repeat)")
+    p.add_argument("--riscv-only", action="store_true",
+                   help="with --riscv: only the riscv64 counts (no host timing)")
     p.add_argument("--riscv-steps", type=int, default=16,
                    help="positions emulated per riscv64 build (default: %(default)s)")
     p.add_argument("--tell", action="store_true",

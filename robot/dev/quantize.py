@@ -1,12 +1,14 @@
-"""Converts llama2.c fp32 checkpoints into storybot's quantized model files (q8_0, q4_0).
+"""Converts llama2.c fp32 checkpoints into storybot's quantized model files, each weight
+matrix at its own width (8, 6, 5 or 4 bits, groups of 32 along the input, fp16 scales), by
+rounding to nearest or by GPTQ calibrated on text (robot/dev/calibrate.py).
 
-File layout (version 1, little-endian; native/src/model_quant.c reads it):
+File layout (version 2, little-endian; native/src/model_quant.c reads it):
 
     header, 256 bytes
        0  4s   magic b"SBQM"
-       4  u32  version (1)
+       4  u32  version (2)
        8  8s   architecture b"llama2\\0\\0"
-      16  u32  format: 1 = q8_0, 2 = q4_0
+      16  u32  format: 1 = q8_0, 2 = q4_0 (every matrix that width), 3 = mixed widths
       20  u32  group size (32 columns share one scale)
       24  u32  rows per block (32)
       28  u32  tensor alignment in bytes (64)
@@ -15,22 +17,35 @@ File layout (version 1, little-endian; native/src/model_quant.c reads it):
       64  32s  sha256 of the source checkpoint
       96  u64  file size in bytes
      104       zeros up to 256
+    type table at 256: one byte per matrix in file order (token embedding, per layer
+      wq wk wv wo w1 w2 w3, classifier unless shared): 8 = q8, 6 = q6, 5 = q5, 4 = q4,
+      32 = fp32
+      row-major (a matrix whose inner dimension is not a multiple of 32); zeros up to
+      the next 64-byte boundary
     tensors, each starting on a 64-byte boundary, zero padding between:
       rms_att (L, dim) f32, rms_ffn (L, dim) f32, rms_final (dim,) f32,
       token embedding, then per layer wq, wk, wv, wo, w1, w2, w3, then the classifier
-      unless shared; each quantized matrix is its data then its scales.
+      unless shared. Each quantized matrix is its blocks then its fp16 scales:
+        blocks of 32 rows (the last padded with zero rows); in block b, group g, the
+        32 x 32 weights are stored column by column, a column's 32 rows contiguous:
+          q8: int8 q, byte ((b * ng + g) * 32 + j) * 32 + r = W[32b + r][32g + j]
+          q4: q + 8 in a nibble, byte ((b * ng + g) * 16 + p) * 32 + r holds column
+              2p in its low nibble and column 2p + 1 in its high nibble
+          q5, q6 (k = 1 or 2 high bits): u = q + 2^(k + 3), each block-group's
+              32 * 32 * (4 + k) / 8 bytes are its nibbles, byte p * 32 + r (p < 16)
+              holding u's low 4 bits of column p (low nibble) and p + 16 (high
+              nibble), then its high bits, byte (512 + i * 32 + r) (i < 4k) holding
+              in bits [k(c+1)-1 : kc] the high bits of column i + 4k * c (c < 8 / k)
+        scales: fp16, ((b * ng + g) * 32 + r) for row 32b + r and group g
+      A row of W is q * scale.
 
-A quantized matrix (rows, cols) is cut into blocks of 32 rows (the last one padded with
-zero rows) and groups of 32 columns. Block b, group g holds, for q8_0, 32 x 32 int8
-stored column by column: byte [j][r] is row 32b+r, column 32g+j; for q4_0, 16 x 32 bytes,
-byte [p][r] holding columns 2p (low nibble) and 2p+1 (high nibble) of row 32b+r as
-q + 8. Scales: fp32 [block][group][32 rows], w = q * scale. A vector unit thus reads one
-column of 32 rows with one load and multiplies it by one activation; no row needs a
-horizontal sum.
-
-q8_0: scale = max|w| / 127, q = round(w / scale) in [-127, 127].
-q4_0: q = round(w / scale) in [-8, 7], the scale chosen per group among max_w / k
-(max_w: the weight of largest magnitude, signed) to minimize the squared error.
+Rounding to nearest (--method rtn): q8: scale = max|w| / 127, q = round(w / scale) in
+[-127, 127]. q4, q5, q6 (levels [-2^(b-1), 2^(b-1) - 1]): q = round(w / scale), the
+scale chosen per group among max_w / k (max_w: the weight of largest magnitude,
+signed) for the least squared error.
+Scales are rounded to fp16 before q is computed, so q fits the stored scale.
+GPTQ (--method gptq) chooses each group's scale the same way, from the weights as GPTQ
+has updated them by the time it reaches the group.
 """
 from __future__ import annotations
 
@@ -44,9 +59,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 MAGIC = b"SBQM"
-VERSION = 1
+VERSION = 2
 ARCH = b"llama2\0\0"
-FORMATS = {"q8_0": 1, "q4_0": 2}
 GROUP = 32
 ROWS = 32
 ALIGN = 64
@@ -54,6 +68,24 @@ HEADER_SIZE = 256
 _HEADER = struct.Struct("<4sI8sIIII7iI32sQ")
 CONFIG_NAMES = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
                 "seq_len")
+KINDS = ("token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "wcls")
+Q8, Q6, Q5, Q4, F32 = 8, 6, 5, 4, 32
+TYPES = (Q8, Q6, Q5, Q4, F32)
+WIDTHS = (Q8, Q6, Q5, Q4)
+
+# Named formats: bits per kind of matrix (the classifier, when not shared, follows the
+# embedding unless named) and the rounding method.
+FORMATS: Dict[str, Tuple[Dict[str, int], str]] = {
+    "q8_0": ({k: 8 for k in KINDS}, "rtn"),
+    "q4_0": ({k: 4 for k in KINDS}, "rtn"),
+    "gptq4": ({k: 4 for k in KINDS}, "gptq"),
+    # the board's model (README, "Models and what they cost"): GPTQ, each kind at the
+    # width its sensitivity asks for; perplexity 1.007x fp32's in 11.7 MB
+    "board": ({"token_embedding": 5, "wq": 4, "wk": 4, "wv": 8, "wo": 6, "w1": 6, "w2": 8,
+               "w3": 8}, "gptq"),
+}
+FORMAT_IDS = {"q8_0": 1, "q4_0": 2}
+MIXED_ID = 3
 
 
 class FormatError(ValueError):
@@ -87,6 +119,7 @@ class Header:
     config: Config
     source_sha256: str
     file_size: int
+    types: List[int]
 
 
 # ----------------------------------------------------------------------------
@@ -139,48 +172,86 @@ def sha256_file(path) -> str:
 # ----------------------------------------------------------------------------
 # quantization (numpy); the library's loaders read exactly these bytes
 
-def quantize_q8(w):
-    """(rows, cols) fp32 -> int8 q (rows, cols), fp32 scales (rows, cols / 32)."""
+def to_f16(scale):
+    """Scales as the file stores them (fp16), back in float32."""
     import numpy as np
 
-    g = w.astype(np.float32).reshape(w.shape[0], -1, GROUP)
-    scale = (np.abs(g).max(axis=2) / np.float32(127)).astype(np.float32)
-    safe = np.where(scale > 0, scale, np.float32(1))
-    q = np.rint(g / safe[:, :, None]).astype(np.int8)
-    return q.reshape(w.shape), scale
+    if np.any(np.abs(scale) > 65504):
+        raise FormatError("a weight group's scale does not fit fp16 (weights above ~8e6)")
+    return scale.astype(np.float16).astype(np.float32)
 
 
-# q4_0 scale candidates, as divisors of each group's largest-magnitude weight: -8 maps it
+def scale_q8(g, bits: int = 8):
+    """Scales (rows,) of groups g (rows, 32): max|w| / 127 in fp16."""
+    import numpy as np
+
+    return to_f16((np.abs(g).max(axis=-1) / np.float32(127)).astype(np.float32))
+
+
+# q4 scale candidates, as divisors of each group's largest-magnitude weight: -8 maps it
 # to the level that has no positive twin, the others trade its error for the rest's.
 Q4_DIVISORS = (-8.0, -7.75, -7.5, -7.25, -7.0, -6.75, -6.5, 7.0, 7.25, 7.5)
 
 
-def quantize_q4(w):
-    """(rows, cols) fp32 -> q in [-8, 7] (int8 array), fp32 scales (rows, cols / 32).
+def divisors(bits: int):
+    """Q4_DIVISORS for 4 bits; for wider levels the same shape scaled (m = 2^(b-1))."""
+    m = 1 << (bits - 1)
+    return tuple(k * m / 8 for k in Q4_DIVISORS)
 
-    Each group of 32 takes, among scales max_w / k for k in Q4_DIVISORS (max_w the
-    weight of largest magnitude, with its sign), the one with the least squared error."""
+
+def scale_q4(g, bits: int = 4):
+    """Scales (rows,) of groups g (rows, 32): among max_w / k for k in divisors(bits),
+    in fp16, the one that rounds the group with the least squared error."""
     import numpy as np
 
-    g = w.astype(np.float32).reshape(w.shape[0], -1, GROUP)
-    idx = np.abs(g).argmax(axis=2)[:, :, None]
-    peak = np.take_along_axis(g, idx, axis=2)[:, :, 0]
-    best_q = np.zeros(g.shape, np.int8)
+    lo, hi = LEVELS[bits]
+    idx = np.abs(g).argmax(axis=-1)[:, None]
+    peak = np.take_along_axis(g, idx, axis=-1)[:, 0]
     best_s = np.zeros(peak.shape, np.float32)
     best_err = np.full(peak.shape, np.inf)
-    for k in Q4_DIVISORS:
-        scale = (peak / np.float32(k)).astype(np.float32)
+    for k in divisors(bits):
+        scale = to_f16((peak / np.float32(k)).astype(np.float32))
         safe = np.where(scale != 0, scale, np.float32(1))
-        q = np.clip(np.rint(g / safe[:, :, None]), -8, 7)
-        err = ((g - q * scale[:, :, None]) ** 2).sum(axis=2)
+        q = np.clip(np.rint(g / safe[:, None]), lo, hi)
+        err = ((g - q * scale[:, None]) ** 2).sum(axis=-1)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_s = np.where(better, scale, best_s)
-        best_q = np.where(better[:, :, None], q.astype(np.int8), best_q)
-    return best_q.reshape(w.shape), best_s
+    return best_s
 
 
-def pack_blocks(q, scale, fmt: str) -> Tuple[bytes, bytes]:
+SCALES = {Q8: scale_q8, Q6: scale_q4, Q5: scale_q4, Q4: scale_q4}
+LEVELS = {Q8: (-127, 127), Q6: (-32, 31), Q5: (-16, 15), Q4: (-8, 7)}
+
+
+def quantize_rtn(w, bits: int):
+    """(rows, cols) fp32 -> q (int8, in the width's levels), fp32 scales (rows, cols / 32)
+    holding fp16 values."""
+    import numpy as np
+
+    g = w.astype(np.float32).reshape(w.shape[0], -1, GROUP)
+    scale = SCALES[bits](g.reshape(-1, GROUP), bits).reshape(g.shape[:2])
+    safe = np.where(scale != 0, scale, np.float32(1))
+    lo, hi = LEVELS[bits]
+    q = np.clip(np.rint(g / safe[:, :, None]), lo, hi).astype(np.int8)
+    return q.reshape(w.shape), scale
+
+
+def quantize_q8(w):
+    return quantize_rtn(w, Q8)
+
+
+def quantize_q4(w):
+    return quantize_rtn(w, Q4)
+
+
+def quantize_gptq(w, h, bits: int):
+    from .calibrate import gptq
+
+    return gptq(w, h, bits, GROUP, SCALES[bits])
+
+
+def pack_blocks(q, scale, bits: int) -> Tuple[bytes, bytes]:
     """q (rows, cols), scales (rows, groups) -> the file's data and scale bytes."""
     import numpy as np
 
@@ -192,65 +263,105 @@ def pack_blocks(q, scale, fmt: str) -> Tuple[bytes, bytes]:
     sp[:rows] = scale
     # (block, row, group, col) -> (block, group, col, row): a column of 32 rows is contiguous
     blocks = qp.reshape(nb, ROWS, ng, GROUP).transpose(0, 2, 3, 1)
-    if fmt == "q4_0":
+    if bits == Q4:
         u = (blocks.astype(np.int16) + 8).astype(np.uint8)
         blocks = u[:, :, 0::2, :] | (u[:, :, 1::2, :] << 4)
+    elif bits in (Q5, Q6):
+        u = (blocks.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
+        nib = (u[:, :, :16, :] & 15) | ((u[:, :, 16:, :] & 15) << 4)
+        k = bits - 4
+        top = (u >> 4).reshape(nb, ng, 8 // k, 4 * k, ROWS)  # column i + 4k * c
+        hi = np.zeros((nb, ng, 4 * k, ROWS), np.uint8)
+        for c in range(8 // k):
+            hi |= top[:, :, c] << (k * c)
+        blocks = np.concatenate([nib, hi], axis=2)
     scales = sp.reshape(nb, ROWS, ng).transpose(0, 2, 1)
     return (np.ascontiguousarray(blocks).tobytes(),
-            np.ascontiguousarray(scales).astype("<f4").tobytes())
+            np.ascontiguousarray(scales).astype("<f2").tobytes())
 
 
-def unpack_blocks(data: bytes, scales: bytes, rows: int, cols: int, fmt: str):
+def unpack_blocks(data: bytes, scales: bytes, rows: int, cols: int, bits: int):
     """The inverse of pack_blocks: dequantized fp32 (rows, cols); for tests and checks."""
     import numpy as np
 
+    if bits == F32:
+        return np.frombuffer(data, "<f4").reshape(rows, cols).copy()
     nb, ng = -(-rows // ROWS), cols // GROUP
-    if fmt == "q4_0":
+    if bits == Q4:
         b = np.frombuffer(data, np.uint8).reshape(nb, ng, GROUP // 2, ROWS)
         q = np.empty((nb, ng, GROUP, ROWS), np.int8)
         q[:, :, 0::2] = (b & 15).astype(np.int8) - 8
         q[:, :, 1::2] = (b >> 4).astype(np.int8) - 8
+    elif bits in (Q5, Q6):
+        k = bits - 4
+        b = np.frombuffer(data, np.uint8).reshape(nb, ng, 16 + 4 * k, ROWS)
+        u = np.concatenate([b[:, :, :16] & 15, b[:, :, :16] >> 4], axis=2)
+        for c in range(8 // k):
+            top = (b[:, :, 16:] >> (k * c)) & ((1 << k) - 1)
+            u[:, :, 4 * k * c:4 * k * (c + 1)] |= top << 4
+        q = u.astype(np.int8) - (1 << (bits - 1))
     else:
         q = np.frombuffer(data, np.int8).reshape(nb, ng, GROUP, ROWS)
-    s = np.frombuffer(scales, "<f4").reshape(nb, ng, ROWS)
+    s = np.frombuffer(scales, "<f2").astype(np.float32).reshape(nb, ng, ROWS)
     w = q.astype(np.float32) * s[:, :, None, :]
     return w.transpose(0, 3, 1, 2).reshape(nb * ROWS, cols)[:rows]
 
 
-def matrix_bytes(rows: int, cols: int, fmt: str) -> Tuple[int, int]:
-    """Bytes of a quantized matrix's data and scales (before alignment)."""
+def matrix_bytes(rows: int, cols: int, bits: int) -> Tuple[int, int]:
+    """Bytes of a matrix's data and scales (before alignment)."""
+    if bits == F32:
+        return rows * cols * 4, 0
     nb = -(-rows // ROWS)
-    data = nb * ROWS * cols // (2 if fmt == "q4_0" else 1)
-    return data, nb * ROWS * (cols // GROUP) * 4
+    return nb * ROWS * cols * bits // 8, nb * ROWS * (cols // GROUP) * 2
 
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def layout(c: Config, fmt: str) -> List[Tuple[str, Tuple[int, ...], int, int]]:
-    """(name, shape, offset, bytes) of every tensor in file order; quantized matrices are
-    two entries, "<name>" (data) and "<name>.scales"."""
-    d, hid, L, kv = c.dim, c.hidden_dim, c.n_layers, c.kv_dim
-    order: List[Tuple[str, Tuple[int, ...]]] = [
-        ("rms_att", (L, d)), ("rms_ffn", (L, d)), ("rms_final", (d,)),
-        ("token_embedding", (c.vocab_size, d))]
-    for l in range(L):
-        order += [(f"wq.{l}", (d, d)), (f"wk.{l}", (kv, d)), (f"wv.{l}", (kv, d)),
-                  (f"wo.{l}", (d, d)), (f"w1.{l}", (hid, d)), (f"w2.{l}", (d, hid)),
-                  (f"w3.{l}", (hid, d))]
+def matrix_names(c: Config) -> List[Tuple[str, Tuple[int, int]]]:
+    """The quantized matrices in file order, with their shapes."""
+    d, hid, kv = c.dim, c.hidden_dim, c.kv_dim
+    out = [("token_embedding", (c.vocab_size, d))]
+    for l in range(c.n_layers):
+        out += [(f"wq.{l}", (d, d)), (f"wk.{l}", (kv, d)), (f"wv.{l}", (kv, d)),
+                (f"wo.{l}", (d, d)), (f"w1.{l}", (hid, d)), (f"w2.{l}", (d, hid)),
+                (f"w3.{l}", (hid, d))]
     if not c.shared:
-        order.append(("wcls", (c.vocab_size, d)))
-    out, at = [], HEADER_SIZE
-    for name, shape in order:
-        if name.startswith("rms"):
-            n = 4
-            for s in shape:
-                n *= s
-            out.append((name, shape, at, n))
-            at = _align(at + n)
-            continue
-        data, scales = matrix_bytes(shape[0], shape[1], fmt)
+        out.append(("wcls", (c.vocab_size, d)))
+    return out
+
+
+def matrix_types(c: Config, bits: Dict[str, int]) -> List[int]:
+    """Each matrix's type, in file order, from bits per kind: fp32 where the inner
+    dimension is not whole groups."""
+    out = []
+    for name, (_, cols) in matrix_names(c):
+        kind = name.partition(".")[0]
+        b = bits.get(kind, bits.get("token_embedding")) if kind == "wcls" else bits[kind]
+        if b not in WIDTHS:
+            raise FormatError(f"{kind}: {b} bits; storybot stores 4, 5, 6 or 8")
+        out.append(F32 if cols % GROUP else b)
+    return out
+
+
+def table_size(c: Config) -> int:
+    return _align(len(matrix_names(c)))
+
+
+def layout(c: Config, types: List[int]) -> List[Tuple[str, Tuple[int, ...], int, int]]:
+    """(name, shape, offset, bytes) of every tensor in file order; matrices are two
+    entries, "<name>" (data) and "<name>.scales" (empty for fp32)."""
+    d, L = c.dim, c.n_layers
+    out, at = [], HEADER_SIZE + table_size(c)
+    for name, shape in (("rms_att", (L, d)), ("rms_ffn", (L, d)), ("rms_final", (d,))):
+        n = 4
+        for s in shape:
+            n *= s
+        out.append((name, shape, at, n))
+        at = _align(at + n)
+    for (name, shape), t in zip(matrix_names(c), types):
+        data, scales = matrix_bytes(shape[0], shape[1], t)
         out.append((name, shape, at, data))
         at = _align(at + data)
         out.append((name + ".scales", shape, at, scales))
@@ -259,10 +370,17 @@ def layout(c: Config, fmt: str) -> List[Tuple[str, Tuple[int, ...], int, int]]:
     return out
 
 
-def check_quantizable(c: Config) -> None:
-    for name, v in (("dim", c.dim), ("hidden_dim", c.hidden_dim)):
-        if v % GROUP:
-            raise FormatError(f"group size {GROUP} does not divide {name} {v}")
+def parse_bits(spec: str, base: Dict[str, int]) -> Dict[str, int]:
+    """"token_embedding=8,wv=8" (or "embedding=8") over a format's bits per kind."""
+    out = dict(base)
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        kind, _, value = item.partition("=")
+        kind = "token_embedding" if kind == "embedding" else kind
+        if kind not in KINDS or not value.isdigit() or int(value) not in WIDTHS:
+            raise FormatError(f"--bits item {item!r}: want KIND=4|5|6|8 with KIND one of "
+                              f"embedding, {', '.join(KINDS[1:])}")
+        out[kind] = int(value)
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -293,26 +411,33 @@ class Progress:
         self.stream.flush()
 
 
-def pack_header(c: Config, fmt: str, sha_hex: str, file_size: int) -> bytes:
-    head = _HEADER.pack(MAGIC, VERSION, ARCH, FORMATS[fmt], GROUP, ROWS, ALIGN, *c.ints(),
+def pack_header(c: Config, format_id: int, sha_hex: str, file_size: int,
+                types: List[int]) -> bytes:
+    head = _HEADER.pack(MAGIC, VERSION, ARCH, format_id, GROUP, ROWS, ALIGN, *c.ints(),
                         int(c.shared), bytes.fromhex(sha_hex), file_size)
-    return head + b"\0" * (HEADER_SIZE - len(head))
+    head += b"\0" * (HEADER_SIZE - len(head))
+    table = bytes(types)
+    return head + table + b"\0" * (table_size(c) - len(table))
 
 
-def write_quantized(c: Config, tensors, out_path, fmt: str, sha_hex: str,
-                    progress: Optional[Progress] = None) -> int:
-    """Writes a storybot quantized file from fp32 tensors; returns its size."""
+def format_id(types: List[int]) -> int:
+    kinds = set(types) - {F32}
+    return 1 if kinds == {Q8} else 2 if kinds == {Q4} else MIXED_ID
+
+
+def write_quantized(c: Config, tensors, out_path, bits: Dict[str, int], method: str,
+                    sha_hex: str, hessians=None, progress: Optional[Progress] = None) -> int:
+    """Writes a storybot quantized file from fp32 tensors; returns its size. method
+    "gptq" needs hessians (calibrate.hessians) for every matrix."""
     import numpy as np
 
-    if fmt not in FORMATS:
-        raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    check_quantizable(c)
-    plan = layout(c, fmt)
+    types = matrix_types(c, bits)
+    plan = layout(c, types)
     size = plan[-1][2]
-    quant = quantize_q4 if fmt == "q4_0" else quantize_q8
+    kinds = dict(zip((n for n, _ in matrix_names(c)), types))
     tmp = Path(str(out_path) + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(pack_header(c, fmt, sha_hex, size))
+        f.write(pack_header(c, format_id(types), sha_hex, size, types))
         for name, shape, offset, nbytes in plan[:-1]:
             if name.endswith(".scales"):
                 continue
@@ -321,11 +446,17 @@ def write_quantized(c: Config, tensors, out_path, fmt: str, sha_hex: str,
                 f.write(np.ascontiguousarray(tensors[name], dtype="<f4").tobytes())
             else:
                 base, _, layer = name.partition(".")
-                w = tensors[base][int(layer)] if layer else tensors[base]
-                data, scales = pack_blocks(*quant(np.asarray(w, np.float32)), fmt)
-                f.write(data)
-                f.write(b"\0" * (_align(f.tell()) - f.tell()))
-                f.write(scales)
+                w = np.asarray(tensors[base][int(layer)] if layer else tensors[base], np.float32)
+                t = kinds[name]
+                if t == F32:
+                    f.write(np.ascontiguousarray(w, dtype="<f4").tobytes())
+                else:
+                    qs = (quantize_gptq(w, hessians[name], t) if method == "gptq"
+                          else quantize_rtn(w, t))
+                    data, scales = pack_blocks(*qs, t)
+                    f.write(data)
+                    f.write(b"\0" * (_align(f.tell()) - f.tell()))
+                    f.write(scales)
             if progress:
                 progress.step(name)
         f.write(b"\0" * (size - f.tell()))
@@ -338,25 +469,28 @@ def read_header(path) -> Header:
     path = Path(path)
     with open(path, "rb") as f:
         raw = f.read(HEADER_SIZE)
-    if len(raw) < 4 or raw[:4] != MAGIC:
-        raise FormatError(f"{path} is not a storybot quantized model (bad magic)")
-    if len(raw) < HEADER_SIZE:
-        raise FormatError(f"{path} is truncated inside its header")
-    (_, version, arch, fmt_id, gs, rows, align, *rest) = _HEADER.unpack_from(raw)
-    ints, shared, sha, size = rest[:7], rest[7], rest[8], rest[9]
-    if version != VERSION:
-        raise FormatError(f"{path}: version {version}, this storybot reads {VERSION}")
-    names = {v: k for k, v in FORMATS.items()}
-    if arch != ARCH or fmt_id not in names or gs != GROUP or rows != ROWS or align != ALIGN:
-        raise FormatError(f"{path}: unsupported architecture/format/group/rows/alignment")
-    c = Config(*ints, shared=bool(shared))
-    return Header(names[fmt_id], gs, c, sha.hex(), size)
+        if len(raw) < 4 or raw[:4] != MAGIC:
+            raise FormatError(f"{path} is not a storybot quantized model (bad magic)")
+        if len(raw) < HEADER_SIZE:
+            raise FormatError(f"{path} is truncated inside its header")
+        (_, version, arch, fmt_id, gs, rows, align, *rest) = _HEADER.unpack_from(raw)
+        ints, shared, sha, size = rest[:7], rest[7], rest[8], rest[9]
+        if version != VERSION:
+            raise FormatError(f"{path}: version {version}, this storybot reads {VERSION}")
+        if arch != ARCH or fmt_id not in (1, 2, MIXED_ID) or gs != GROUP or rows != ROWS \
+                or align != ALIGN:
+            raise FormatError(f"{path}: unsupported architecture/format/group/rows/alignment")
+        c = Config(*ints, shared=bool(shared))
+        types = list(f.read(len(matrix_names(c))))
+    names = {1: "q8_0", 2: "q4_0", MIXED_ID: "mixed"}
+    return Header(names[fmt_id], gs, c, sha.hex(), size, types)
 
 
 def read_matrix(path, name: str):
     """Dequantized fp32 copy of one matrix of a storybot file (e.g. "wq.0"); for tests."""
     h = read_header(path)
-    plan = {n: (shape, off, nb) for n, shape, off, nb in layout(h.config, h.format)}
+    plan = {n: (shape, off, nb) for n, shape, off, nb in layout(h.config, h.types)}
+    t = dict(zip((n for n, _ in matrix_names(h.config)), h.types))[name]
     shape, off, nb = plan[name]
     _, soff, snb = plan[name + ".scales"]
     with open(path, "rb") as f:
@@ -364,7 +498,7 @@ def read_matrix(path, name: str):
         data = f.read(nb)
         f.seek(soff)
         scales = f.read(snb)
-    return unpack_blocks(data, scales, shape[0], shape[1], h.format)
+    return unpack_blocks(data, scales, shape[0], shape[1], t)
 
 
 def source_mismatch(quantized, source) -> Optional[str]:
@@ -377,30 +511,80 @@ def source_mismatch(quantized, source) -> Optional[str]:
             f"not from {source} ({actual[:16]}...)")
 
 
-def convert(src, dst, fmt: str = "q8_0", show_progress: Optional[bool] = None) -> int:
-    """Quantizes llama2.c checkpoint src into dst; returns the bytes written."""
+def calibration_hessians(c: Config, tensors, src, tokenizer=None, text=None, log=None):
+    """H per matrix from the given text, or from stories src samples itself."""
+    from .. import models
+    from . import calibrate
+
+    tokenizer = tokenizer or models.find(models.DEFAULT_TOKENIZER)
+    if text is not None:
+        stories = calibrate.text_stories(src, tokenizer, Path(text).read_text("utf-8"),
+                                         c.seq_len)
+    else:
+        stories = calibrate.sample_stories(src, tokenizer)
+    if log:
+        log(f"calibrating on {len(stories)} stories, {sum(map(len, stories))} tokens")
+    return calibrate.hessians(c, tensors, stories)
+
+
+def convert(src, dst, fmt: str = "q8_0", show_progress: Optional[bool] = None,
+            bits: Optional[str] = None, method: Optional[str] = None,
+            calibration=None, tokenizer=None, log=None) -> int:
+    """Quantizes llama2.c checkpoint src into dst; returns the bytes written. fmt names
+    a format (FORMATS); bits ("wv=8,...") and method override its choices; GPTQ
+    calibrates on the text file `calibration`, else on stories src samples itself."""
+    if fmt not in FORMATS:
+        raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    base, default_method = FORMATS[fmt]
+    per_kind = parse_bits(bits or "", base)
+    method = method or default_method
     c, tensors = read_llama2c(src)
-    check_quantizable(c)
-    n = 3 + 1 + 7 * c.n_layers + (0 if c.shared else 1)
+    types = matrix_types(c, per_kind)
+    if log and F32 in types:
+        kept = [n for (n, _), t in zip(matrix_names(c), types) if t == F32]
+        log(f"kept in fp32 (inner dimension not a multiple of {GROUP}): {', '.join(kept)}")
+    h = calibration_hessians(c, tensors, src, tokenizer, calibration, log) \
+        if method == "gptq" else None
+    n = 3 + len(types)
     bar = Progress(n, f"quantize {fmt}", force=show_progress)
-    return write_quantized(c, tensors, dst, fmt, sha256_file(src), bar)
+    return write_quantized(c, tensors, dst, per_kind, method, sha256_file(src), h, bar)
 
 
 def cmd_quantize(args) -> int:
     from .. import models
 
-    size = convert(models.find(args.model), args.output, args.format,
-                   show_progress=False if args.quiet else None)
+    def log(msg):
+        if not args.quiet:
+            print(msg, file=sys.stderr)
+
+    try:
+        size = convert(models.find(args.model), args.output, args.format,
+                       show_progress=False if args.quiet else None, bits=args.bits,
+                       method=args.method, calibration=args.calibration,
+                       tokenizer=args.tokenizer, log=log)
+    except FormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {args.output}: {args.format}, {size / 1e6:.1f} MB")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("quantize", help="convert a llama2.c fp32 checkpoint to storybot's "
-                                        "int8 (q8_0) or 4-bit (q4_0) model file")
+    p = sub.add_parser("quantize", help="convert a llama2.c fp32 checkpoint to a storybot "
+                                        "quantized model file (8 to 4 bits per matrix)")
     p.add_argument("model", help="llama2.c fp32 checkpoint, e.g. stories15M.bin")
     p.add_argument("output", help="file to write, e.g. stories15M.q8_0.bin")
     p.add_argument("-f", "--format", choices=sorted(FORMATS), default="q8_0",
-                   help="weight format (default: %(default)s)")
+                   help="widths and method (default: %(default)s)")
+    p.add_argument("--bits", default=None,
+                   help="override widths per kind of matrix, e.g. 'embedding=4,wv=8,w2=8' "
+                        "(kinds: embedding, wq, wk, wv, wo, w1, w2, w3, wcls)")
+    p.add_argument("--method", choices=["rtn", "gptq"], default=None,
+                   help="round to nearest, or GPTQ calibrated on text (default: the "
+                        "format's)")
+    p.add_argument("--calibration", default=None,
+                   help="GPTQ's text (stories separated by '<|story|>' lines; default: 100 "
+                        "stories the model samples itself, seeds 2000-2099)")
+    p.add_argument("-z", dest="tokenizer", default=None, help="tokenizer for calibration")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_quantize)
