@@ -192,9 +192,8 @@ def stage(directory: Path, built: dict[str, Path], model: Path, tokenizer: Path)
     _copy(REPO / "native" / "include" / "storybot.h", package / "storybot.h")
     write_abi_module(REPO / "native" / "include" / "storybot.h", package / "_abi_ffi.py")
 
-    _LOGGER.info("quantizing %s to %s", model, MODEL_FORMAT)
     (directory / "models").mkdir(parents=True, exist_ok=True)
-    quantize.convert(model, directory / "models" / MODEL_NAME, MODEL_FORMAT, show_progress=False)
+    _copy(quantized(model), directory / "models" / MODEL_NAME)
     _copy(tokenizer, directory / "models" / "tokenizer.bin")
 
     for name in ("S99storybot", "storybot-board.service", "storybot-voice.service", "README.md"):
@@ -225,6 +224,22 @@ def write_abi_module(header: Path, dest: Path) -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # cffi says "generating <file>"
         ffi.emit_python_code(code)
     dest.write_text(code.getvalue())
+
+
+def quantized(model: Path) -> Path:
+    """The board's model made from model: GPTQ calibration takes minutes, so the file is
+    kept in the cache under a key of its source and of the converter's code."""
+    key = hashlib.sha256(_sha256(model).encode() + MODEL_FORMAT.encode())
+    for src in ("quantize.py", "calibrate.py"):
+        key.update((Path(__file__).parent / src).read_bytes())
+    cached = models.cache_dir().parent / "quantized" / f"{MODEL_NAME}.{key.hexdigest()[:16]}"
+    if not cached.is_file():
+        _LOGGER.info("quantizing %s to %s (kept as %s)", model, MODEL_FORMAT, cached)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        part = cached.with_name(cached.name + f".{os.getpid()}.part")
+        quantize.convert(model, part, MODEL_FORMAT, show_progress=False)
+        os.replace(part, cached)
+    return cached
 
 
 def _copy(src: Path, dst: Path, mode: int = 0o644) -> None:
