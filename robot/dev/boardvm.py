@@ -1,0 +1,372 @@
+"""storybot board-vm: a whole emulated Milk-V Duo in qemu-system-riscv64.
+
+Debian trixie's riscv64 kernel boots on qemu's `virt` machine (its built-in OpenSBI),
+BusyBox init runs the root disk's rcS, and the bundle is installed there by its own
+install.sh under BusyBox sh, as on the board. tools/board-vm/build.sh makes the images;
+tools/board-vm/README.md says what is inside and how the memory was chosen.
+
+The network is qemu's user network with restrict=on: the guest reaches nothing but
+two forwards, both on this machine's loopback. The board's control port is
+127.0.0.1:<control_port> on the host (hostfwd), and the voice host the board is told
+to use, 10.0.2.100:10720, is a `busybox nc 127.0.0.1 <voice_port>` qemu starts for
+each connection (guestfwd), so the voice host may start after the VM and the board
+may reconnect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..board import DEFAULT_CONTROL_PORT
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "tools" / "board-vm" / "build.sh"
+# MemAvailable right after boot ~36 MiB, the Duo's with ION off (README.md here)
+DEFAULT_MEMORY_MB = 131
+VOICE_IN_GUEST = "10.0.2.100:10720"
+GUEST_IP = "10.0.2.15"
+PROMPT = "~ # "
+
+
+def images() -> Path:
+    """The kernel, initramfs and root disk of tools/board-vm/build.sh (made if needed)."""
+    proc = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tools/board-vm/build.sh failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return Path(subprocess.run(["bash", str(BUILD), "--print-dir"], capture_output=True,
+                               text=True, check=True).stdout.strip())
+
+
+def board_settings(steps: int, temperature: float) -> dict[str, str]:
+    """What /etc/storybot/storybot.env gains in the VM: the forwards, no button.
+
+    The one place that knows the daemon's settings, for when they change (pairing)."""
+    return {"STORYBOT_VOICE_HOST": VOICE_IN_GUEST,
+            # hostfwd delivers to the guest's address, not its loopback
+            "STORYBOT_CONTROL": f"0.0.0.0:{DEFAULT_CONTROL_PORT}",
+            "STORYBOT_BUTTON": "none",
+            "STORYBOT_STEPS": str(steps),
+            "STORYBOT_TEMPERATURE": str(temperature)}
+
+
+def bundle_disk(tarball: Path, path: Path) -> Path:
+    """An ext4 disk image holding the tarball: the VM's "USB stick" (/dev/vdb)."""
+    staging = path.with_suffix(".d")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copy(tarball, staging / tarball.name)
+    size_mb = tarball.stat().st_size // 2**20 + 16
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(staging), str(path), f"{size_mb}M"],
+                   check=True, capture_output=True)
+    shutil.rmtree(staging)
+    return path
+
+
+@dataclass
+class Boot:
+    seconds: float            # guest uptime when rcS was done (daemon started, not ready)
+    wall_seconds: float       # host time from qemu's start to the shell prompt
+    mem_available_kb: int     # in rcS, before any S??* script ran
+    mem_total_kb: int
+
+
+class BoardVM:
+    """One emulated board: qemu with a root disk of its own, driven over its serial console."""
+
+    def __init__(self, disk: Path, *, memory_mb: int = DEFAULT_MEMORY_MB, control_port: int,
+                 voice_port: int, extra_disk: Path | None = None, log: Path | None = None):
+        self.disk, self.memory_mb, self.extra_disk = disk, memory_mb, extra_disk
+        self.control_port, self.voice_port = control_port, voice_port
+        self.log_path = log or disk.with_suffix(".console.log")
+        self.proc: subprocess.Popen | None = None
+        self._out = bytearray()
+        self._changed = threading.Condition()
+        self._marker = 0
+
+    @classmethod
+    def fresh(cls, workdir: Path, **kwargs) -> "BoardVM":
+        """A VM on a copy of the pristine root disk (sparse: ~0.3 s)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        disk = workdir / "root.ext4"
+        subprocess.run(["cp", "--sparse=always", str(images() / "rootfs.ext4"), str(disk)],
+                       check=True)
+        return cls(disk, **kwargs)
+
+    def argv(self) -> list[str]:
+        img = images()
+        net = (f"user,id=n0,restrict=on,"
+               f"hostfwd=tcp:127.0.0.1:{self.control_port}-{GUEST_IP}:{DEFAULT_CONTROL_PORT},"
+               f"guestfwd=tcp:{VOICE_IN_GUEST}-cmd:busybox nc 127.0.0.1 {self.voice_port}")
+        argv = ["qemu-system-riscv64", "-M", "virt", "-smp", "1", "-m", f"{self.memory_mb}M",
+                "-bios", "default", "-kernel", str(img / "Image"),
+                "-initrd", str(img / "initramfs.cpio.gz"), "-append", "console=ttyS0 quiet",
+                "-display", "none", "-nodefaults", "-serial", "stdio", "-no-reboot",
+                "-drive", f"file={self.disk},format=raw,if=none,id=d0",
+                "-device", "virtio-blk-pci,drive=d0",
+                "-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile="]
+        if self.extra_disk:
+            argv += ["-drive", f"file={self.extra_disk},format=raw,if=none,id=d1,readonly=on",
+                     "-device", "virtio-blk-pci,drive=d1"]
+        return argv
+
+    # ------------------------------------------------------------------ power and console
+
+    def boot(self, timeout: float = 300) -> Boot:
+        """Power on; returns once rcS has run and the console shell answers."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        with self._changed:
+            self._out.clear()
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        mem = self.wait_for(r"storybot-vm: MemAvailable after boot: (\d+) kB \(MemTotal (\d+) kB\)",
+                            timeout)
+        done = self.wait_for(r"storybot-vm: booted in ([\d.]+) s", timeout)
+        self.wait_for(re.escape(PROMPT), timeout)
+        self.sh("stty -echo", timeout=60)  # only the commands' output on the console
+        return Boot(float(done.group(1)), time.monotonic() - t0, int(mem.group(1)),
+                    int(mem.group(2)))
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        with open(self.log_path, "ab") as log:
+            while chunk := proc.stdout.read1(65536):
+                log.write(chunk)
+                log.flush()
+                with self._changed:
+                    self._out += chunk
+                    self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def console(self, start: int = 0) -> str:
+        with self._changed:
+            return self._out[start:].decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match:
+        """Until the console output (from byte start) matches pattern; raises on timeout or
+        when qemu exits."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern.encode())
+        with self._changed:
+            while not (m := rx.search(self._out, start)):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    tail = self._out[-3000:].decode(errors="replace")
+                    raise RuntimeError(f"board VM: no {pattern!r} on the console "
+                                       f"(qemu exit {self.proc.poll()}):\n{tail}")
+                self._changed.wait(min(left, 1.0))
+            return re.match(pattern, m.group(0).decode(errors="replace"))
+
+    def sh(self, command: str, timeout: float = 120, check: bool = True) -> str:
+        """Runs a command in the console shell; its output (stdout and stderr)."""
+        self._marker += 1
+        end = f"@@{self._marker}@@"
+        with self._changed:
+            start = len(self._out)
+        # the quotes keep the echoed command line from matching the marker
+        line = f"( {command} ) 2>&1; echo \"@@{self._marker}\"\"@@ $?\"\n"
+        self.proc.stdin.write(line.encode())
+        self.proc.stdin.flush()
+        m = self.wait_for(re.escape(end) + r" (\d+)", timeout, start)
+        out = self.console(start)
+        out = out[:out.find(end)].replace("\r", "")
+        out = re.sub(r"^\s*(~ # )*", "", out.removeprefix(line.replace("\n", "")))
+        if check and m.group(1) != "0":
+            raise RuntimeError(f"board VM: {command!r} failed ({m.group(1)}):\n{out}")
+        return out
+
+    def mem_available_kb(self) -> int:
+        return int(self.sh("awk '/^MemAvailable:/ { print $2 }' /proc/meminfo").split()[-1])
+
+    def reboot(self, timeout: float = 300) -> Boot:
+        """A clean reboot (BusyBox's reboot: rcK stops the daemon); qemu exits (-no-reboot)
+        and is started again on the same disk."""
+        self.proc.stdin.write(b"reboot\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout)
+        return self.boot(timeout)
+
+    def cut_power(self) -> None:
+        """SIGKILL to qemu: the disk keeps what the guest had written, nothing more."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    close = cut_power
+
+    def __enter__(self) -> "BoardVM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the appliance
+
+    def install(self, tarball_name: str, timeout: float = 900) -> str:
+        """The bundle on /dev/vdb unpacked and installed by its install.sh under BusyBox sh."""
+        stem = tarball_name.removesuffix(".tar.gz")
+        return self.sh(f"mkdir -p /mnt/usb && mount -t ext4 -o ro /dev/vdb /mnt/usb && "
+                       f"rm -rf /root/{stem} && tar -xzf /mnt/usb/{tarball_name} -C /root && "
+                       f"umount /mnt/usb && busybox sh /root/{stem}/install.sh", timeout)
+
+    def configure(self, settings: dict[str, str]) -> None:
+        """Appends settings to /etc/storybot/storybot.env (later lines win)."""
+        lines = "\n".join(f"{k}={v}" for k, v in settings.items())
+        self.sh(f"printf '%s\\n' '# board-vm' {shlex.quote(lines)} >> /etc/storybot/storybot.env"
+                " && sync")
+
+    def wait_ready(self, timeout: float = 600) -> float:
+        """Until the daemon's log says Ready and that it reached the voice host; the guest's
+        uptime then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.sh("cat /var/log/storybot.log 2>/dev/null || true")
+            if "Ready:" in log and f"Connected to {VOICE_IN_GUEST}" in log:
+                return float(self.sh("cut -d' ' -f1 /proc/uptime").split()[-1])
+            time.sleep(2)
+        raise RuntimeError("board VM: the daemon is not ready:\n" +
+                           self.sh("tail -n 30 /var/log/storybot.log", check=False))
+
+    def daemon_rss_kb(self) -> int:
+        pid = self.sh("cat /run/storybot.pid").split()[-1]
+        return int(self.sh(f"awk '/^VmRSS:/ {{ print $2 }}' /proc/{pid}/status").split()[-1])
+
+    def oom_kills(self) -> int:
+        return int(self.sh("dmesg | grep -c 'Out of memory' || true").split()[-1])
+
+
+# ---------------------------------------------------------------------- storybot board-vm
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "board-vm", help="boot an emulated Duo (qemu-system-riscv64), install a bundle, tell a story",
+        description="Boots Debian's riscv64 kernel with BusyBox init and the riscv64 userland "
+                    "in qemu-system-riscv64 with the Duo's free memory, installs the bundle "
+                    "with its install.sh, reboots so S99storybot starts storybot serve, then "
+                    "asks it for a story through a voice host on this machine (Piper, WAVs "
+                    "into --wav-dir), or gives you the console. Needs tools/riscv/userland.sh; "
+                    "makes tools/board-vm/build.sh's images on first use.")
+    p.add_argument("scenario", nargs="?", default="story", choices=["boot", "story", "console"],
+                   help="boot: boot (no install) and print boot time and MemAvailable; "
+                        "story: install, reboot, tell stories and print the memory figures; "
+                        "console: the serial console after the install (default: %(default)s)")
+    p.add_argument("--bundle", help="the tarball of `storybot bundle` (story, console)")
+    p.add_argument("--memory", type=int, default=DEFAULT_MEMORY_MB,
+                   help="the VM's RAM in MiB (default: %(default)s: ~36 MiB available)")
+    p.add_argument("--steps", type=int, default=256, help="story positions (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--prompt", default="a little robot who loves the moon")
+    p.add_argument("--stories", type=int, default=1, help="stories in a row (a soak)")
+    p.add_argument("--wav-dir", default=None, help="where the voice host writes WAVs "
+                                                    "(default: a temporary folder)")
+    p.add_argument("--workdir", default=None, help="the VM's disks and console log "
+                                                   "(default: a temporary folder, removed)")
+    p.set_defaults(func=_cmd_board_vm)
+
+
+def free_port() -> int:
+    from .bundle import free_port as bundle_free_port
+    return bundle_free_port()
+
+
+def _cmd_board_vm(args: argparse.Namespace) -> int:
+    if args.scenario == "boot":
+        with tempfile.TemporaryDirectory(prefix="storybot-board-vm-") as tmp:
+            with BoardVM.fresh(Path(args.workdir or tmp), memory_mb=args.memory,
+                               control_port=free_port(), voice_port=free_port()) as vm:
+                b = vm.boot()
+                print(f"-m {vm.memory_mb}M: booted in {b.seconds:.1f} s guest time "
+                      f"({b.wall_seconds:.0f} s wall), MemAvailable {b.mem_available_kb} kB, "
+                      f"MemTotal {b.mem_total_kb} kB")
+        return 0
+    if not args.bundle:
+        raise ValueError(f"board-vm {args.scenario} needs --bundle (a `storybot bundle` tarball)")
+    tarball = Path(args.bundle).resolve()
+    with tempfile.TemporaryDirectory(prefix="storybot-board-vm-") as tmp:
+        work = Path(args.workdir or tmp)
+        wav_dir = Path(args.wav_dir or work / "wav")
+        wav_dir.mkdir(parents=True, exist_ok=True)
+        voice_port, control_port = free_port(), free_port()
+        voice = subprocess.Popen([sys.executable, "-m", "robot.cli", "voice-host", "--host",
+                                  "127.0.0.1", "--port", str(voice_port), "--wav-dir",
+                                  str(wav_dir)], stdin=subprocess.DEVNULL)
+        vm = BoardVM.fresh(work, memory_mb=args.memory, control_port=control_port,
+                           voice_port=voice_port,
+                           extra_disk=bundle_disk(tarball, work / "bundle.ext4"))
+        try:
+            return _scenario(vm, args, tarball, wav_dir)
+        finally:
+            vm.close()
+            voice.send_signal(signal.SIGTERM)
+            voice.wait(30)
+
+
+def _scenario(vm: BoardVM, args: argparse.Namespace, tarball: Path, wav_dir: Path) -> int:
+    b = vm.boot()
+    print(f"booted in {b.seconds:.1f} s guest time ({b.wall_seconds:.0f} s wall), "
+          f"MemAvailable {b.mem_available_kb} kB of MemTotal {b.mem_total_kb} kB "
+          f"with -m {vm.memory_mb}M", flush=True)
+    t0 = time.monotonic()
+    print(vm.install(tarball.name), flush=True)
+    print(f"installed in {time.monotonic() - t0:.0f} s", flush=True)
+    vm.configure(board_settings(args.steps, args.temperature))
+    b = vm.reboot()
+    ready = vm.wait_ready()
+    print(f"rebooted: MemAvailable {b.mem_available_kb} kB before S99storybot, daemon ready "
+          f"at {ready:.1f} s uptime; MemAvailable then {vm.mem_available_kb()} kB, "
+          f"daemon RSS {vm.daemon_rss_kb()} kB", flush=True)
+    if args.scenario == "console":
+        return _interactive(vm)
+    vm.sh("(/usr/local/sbin/memlow /run/memlow &)")
+    from ..ask import ask
+    for n in range(args.stories):
+        t0 = time.monotonic()
+        code = asyncio.run(ask(f"127.0.0.1:{vm.control_port}", args.prompt))
+        print(f"story {n + 1}: {time.monotonic() - t0:.0f} s, exit {code}; lowest MemAvailable "
+              f"{vm.sh('cat /run/memlow').split()[-1]} kB, now {vm.mem_available_kb()} kB, "
+              f"daemon RSS {vm.daemon_rss_kb()} kB, OOM kills {vm.oom_kills()}", flush=True)
+        if code:
+            return code
+    print(f"WAVs in {wav_dir}: {sorted(p.name for p in wav_dir.glob('*.wav'))}")
+    return 0
+
+
+def _interactive(vm: BoardVM) -> int:
+    """Copies the terminal to the VM's console and back until qemu exits (type
+    `poweroff`, or Ctrl-] to cut the power)."""
+    print("console: `poweroff` or Ctrl-] to leave", flush=True)
+    seen = len(vm.console())
+
+    def show() -> None:
+        nonlocal seen
+        while vm.proc.poll() is None:
+            text = vm.console(seen)
+            seen += len(text.encode())
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            time.sleep(0.1)
+
+    threading.Thread(target=show, daemon=True).start()
+    vm.sh("stty echo")
+    fd = sys.stdin.fileno()
+    while vm.proc.poll() is None:
+        data = os.read(fd, 1024)
+        if not data or b"\x1d" in data:
+            break
+        vm.proc.stdin.write(data)
+        vm.proc.stdin.flush()
+    return 0
