@@ -25,8 +25,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
+import tty
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +47,8 @@ def images() -> Path:
     """The kernel, initramfs and root disk of tools/board-vm/build.sh (made if needed)."""
     proc = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"tools/board-vm/build.sh failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        raise RuntimeError("tools/board-vm/build.sh failed:\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return Path(subprocess.run(["bash", str(BUILD), "--print-dir"], capture_output=True,
                                text=True, check=True).stdout.strip())
 
@@ -152,9 +155,14 @@ class BoardVM:
         with self._changed:
             self._changed.notify_all()
 
-    def console(self, start: int = 0) -> str:
+    def console_mark(self) -> int:
+        """Where the console output is now: a start for wait_for and console."""
         with self._changed:
-            return self._out[start:].decode(errors="replace")
+            return len(self._out)
+
+    def console(self, start: int = 0, end: int | None = None) -> str:
+        with self._changed:
+            return self._out[start:end].decode(errors="replace")
 
     def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match:
         """Until the console output (from byte start) matches pattern; raises on timeout or
@@ -175,8 +183,7 @@ class BoardVM:
         """Runs a command in the console shell; its output (stdout and stderr)."""
         self._marker += 1
         end = f"@@{self._marker}@@"
-        with self._changed:
-            start = len(self._out)
+        start = self.console_mark()
         # the quotes keep the echoed command line from matching the marker
         line = f"( {command} ) 2>&1; echo \"@@{self._marker}\"\"@@ $?\"\n"
         self.proc.stdin.write(line.encode())
@@ -192,13 +199,11 @@ class BoardVM:
     def mem_available_kb(self) -> int:
         return int(self.sh("awk '/^MemAvailable:/ { print $2 }' /proc/meminfo").split()[-1])
 
-    def reboot(self, timeout: float = 300) -> Boot:
-        """A clean reboot (BusyBox's reboot: rcK stops the daemon); qemu exits (-no-reboot)
-        and is started again on the same disk."""
-        self.proc.stdin.write(b"reboot\n")
+    def poweroff(self, timeout: float = 120) -> None:
+        """A clean shutdown: rcK stops the services, the disk is synced and read-only."""
+        self.proc.stdin.write(b"poweroff\n")
         self.proc.stdin.flush()
         self.proc.wait(timeout)
-        return self.boot(timeout)
 
     def cut_power(self) -> None:
         """SIGKILL to qemu: the disk keeps what the guest had written, nothing more."""
@@ -229,12 +234,22 @@ class BoardVM:
         self.sh(f"printf '%s\\n' '# board-vm' {shlex.quote(lines)} >> /etc/storybot/storybot.env"
                 " && sync")
 
-    def wait_ready(self, timeout: float = 600) -> float:
+    def log_mark(self) -> int:
+        """The size of the daemon's log now: give it to wait_ready around a restart."""
+        return int(self.sh("wc -c < /var/log/storybot.log 2>/dev/null || echo 0").split()[-1])
+
+    def wait_ready(self, timeout: float = 600, since: int | None = None) -> float:
         """Until the daemon's log says Ready and that it reached the voice host; the guest's
-        uptime then."""
+        uptime then. Only the log after since (a log_mark()) counts, by default only this
+        boot's part (rcS marks it): the log on the disk keeps earlier boots' lines."""
+        if since is None:
+            read = ("awk 'NR == FNR { if ($0 == \"storybot-vm: boot\") n = FNR; next } FNR > n' "
+                    "/var/log/storybot.log /var/log/storybot.log")
+        else:
+            read = f"tail -c +{since + 1} /var/log/storybot.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            log = self.sh("cat /var/log/storybot.log 2>/dev/null || true")
+            log = self.sh(read)
             if "Ready:" in log and f"Connected to {VOICE_IN_GUEST}" in log:
                 return float(self.sh("cut -d' ' -f1 /proc/uptime").split()[-1])
             time.sleep(2)
@@ -253,20 +268,24 @@ class BoardVM:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "board-vm", help="boot an emulated Duo (qemu-system-riscv64), install a bundle, tell a story",
+        "board-vm", help="boot an emulated Duo (qemu-system-riscv64), install a bundle, "
+                         "tell a story",
         description="Boots Debian's riscv64 kernel with BusyBox init and the riscv64 userland "
                     "in qemu-system-riscv64 with the Duo's free memory, installs the bundle "
                     "with its install.sh, reboots so S99storybot starts storybot serve, then "
                     "asks it for a story through a voice host on this machine (Piper, WAVs "
                     "into --wav-dir), or gives you the console. Needs tools/riscv/userland.sh; "
                     "makes tools/board-vm/build.sh's images on first use.")
-    p.add_argument("scenario", nargs="?", default="story", choices=["boot", "story", "console"],
+    p.add_argument("scenario", nargs="?", default="story",
+                   choices=["boot", "story", "console", "smallest"],
                    help="boot: boot (no install) and print boot time and MemAvailable; "
-                        "story: install, reboot, tell stories and print the memory figures; "
-                        "console: the serial console after the install (default: %(default)s)")
+                        "story: install, boot, tell --stories stories and print the memory "
+                        "figures; console: the serial console after the install; smallest: "
+                        "lower -m by --step until a full story fails (default: %(default)s)")
     p.add_argument("--bundle", help="the tarball of `storybot bundle` (story, console)")
     p.add_argument("--memory", type=int, default=DEFAULT_MEMORY_MB,
                    help="the VM's RAM in MiB (default: %(default)s: ~36 MiB available)")
+    p.add_argument("--step", type=int, default=4, help="MiB less per try (smallest)")
     p.add_argument("--steps", type=int, default=256, help="story positions (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--prompt", default="a little robot who loves the moon")
@@ -300,48 +319,113 @@ def _cmd_board_vm(args: argparse.Namespace) -> int:
         work = Path(args.workdir or tmp)
         wav_dir = Path(args.wav_dir or work / "wav")
         wav_dir.mkdir(parents=True, exist_ok=True)
-        voice_port, control_port = free_port(), free_port()
+        voice_port = free_port()
         voice = subprocess.Popen([sys.executable, "-m", "robot.cli", "voice-host", "--host",
                                   "127.0.0.1", "--port", str(voice_port), "--wav-dir",
                                   str(wav_dir)], stdin=subprocess.DEVNULL)
-        vm = BoardVM.fresh(work, memory_mb=args.memory, control_port=control_port,
-                           voice_port=voice_port,
-                           extra_disk=bundle_disk(tarball, work / "bundle.ext4"))
         try:
-            return _scenario(vm, args, tarball, wav_dir)
+            disk = _installed_disk(work, tarball, args, voice_port)
+            if args.scenario == "smallest":
+                return _smallest(disk, args, voice_port)
+            with BoardVM(disk, memory_mb=args.memory, control_port=free_port(),
+                         voice_port=voice_port) as vm:
+                _boot_ready(vm)
+                if args.scenario == "console":
+                    return _interactive(vm)
+                code = _stories(vm, args.stories, args.prompt)
+            print(f"WAVs in {wav_dir}: {sorted(p.name for p in wav_dir.glob('*.wav'))}")
+            return code
         finally:
-            vm.close()
             voice.send_signal(signal.SIGTERM)
             voice.wait(30)
 
 
-def _scenario(vm: BoardVM, args: argparse.Namespace, tarball: Path, wav_dir: Path) -> int:
-    b = vm.boot()
-    print(f"booted in {b.seconds:.1f} s guest time ({b.wall_seconds:.0f} s wall), "
-          f"MemAvailable {b.mem_available_kb} kB of MemTotal {b.mem_total_kb} kB "
-          f"with -m {vm.memory_mb}M", flush=True)
-    t0 = time.monotonic()
-    print(vm.install(tarball.name), flush=True)
-    print(f"installed in {time.monotonic() - t0:.0f} s", flush=True)
-    vm.configure(board_settings(args.steps, args.temperature))
-    b = vm.reboot()
-    ready = vm.wait_ready()
-    print(f"rebooted: MemAvailable {b.mem_available_kb} kB before S99storybot, daemon ready "
-          f"at {ready:.1f} s uptime; MemAvailable then {vm.mem_available_kb()} kB, "
-          f"daemon RSS {vm.daemon_rss_kb()} kB", flush=True)
-    if args.scenario == "console":
-        return _interactive(vm)
-    vm.sh("(/usr/local/sbin/memlow /run/memlow &)")
-    from ..ask import ask
-    for n in range(args.stories):
+def _installed_disk(work: Path, tarball: Path, args: argparse.Namespace, voice_port: int) -> Path:
+    """A root disk with the bundle installed in the VM and the settings made, VM off."""
+    with BoardVM.fresh(work, memory_mb=args.memory, control_port=free_port(),
+                       voice_port=voice_port,
+                       extra_disk=bundle_disk(tarball, work / "bundle.ext4")) as vm:
+        b = vm.boot()
+        print(f"booted in {b.seconds:.1f} s guest time ({b.wall_seconds:.0f} s wall), "
+              f"MemAvailable {b.mem_available_kb} kB of MemTotal {b.mem_total_kb} kB "
+              f"with -m {vm.memory_mb}M", flush=True)
         t0 = time.monotonic()
-        code = asyncio.run(ask(f"127.0.0.1:{vm.control_port}", args.prompt))
+        print(vm.install(tarball.name), flush=True)
+        print(f"installed in {time.monotonic() - t0:.0f} s", flush=True)
+        vm.configure(board_settings(args.steps, args.temperature))
+        vm.poweroff()
+        return vm.disk
+
+
+def _boot_ready(vm: BoardVM) -> None:
+    b = vm.boot()
+    ready = vm.wait_ready()
+    print(f"-m {vm.memory_mb}M: booted in {b.seconds:.1f} s guest time, MemAvailable "
+          f"{b.mem_available_kb} kB before S99storybot; daemon ready at {ready:.1f} s uptime, "
+          f"MemAvailable then {vm.mem_available_kb()} kB, daemon RSS {vm.daemon_rss_kb()} kB",
+          flush=True)
+
+
+def _stories(vm: BoardVM, count: int, prompt: str) -> int:
+    """Tells count stories in a row; prints the memory after each and, for a soak, how
+    far MemAvailable and the daemon's RSS moved between the first story and the last."""
+    from ..ask import ask
+
+    vm.sh("(/usr/local/sbin/memlow /run/memlow &)")
+    after = []
+    for n in range(count):
+        t0 = time.monotonic()
+        code = asyncio.run(ask(f"127.0.0.1:{vm.control_port}", prompt))
+        after.append((vm.mem_available_kb(), vm.daemon_rss_kb()))
         print(f"story {n + 1}: {time.monotonic() - t0:.0f} s, exit {code}; lowest MemAvailable "
-              f"{vm.sh('cat /run/memlow').split()[-1]} kB, now {vm.mem_available_kb()} kB, "
-              f"daemon RSS {vm.daemon_rss_kb()} kB, OOM kills {vm.oom_kills()}", flush=True)
+              f"{vm.sh('cat /run/memlow').split()[-1]} kB, now {after[-1][0]} kB, "
+              f"daemon RSS {after[-1][1]} kB, OOM kills {vm.oom_kills()}", flush=True)
         if code:
             return code
-    print(f"WAVs in {wav_dir}: {sorted(p.name for p in wav_dir.glob('*.wav'))}")
+    if count > 1:
+        avail, rss = zip(*after)
+        print(f"after {count} stories: MemAvailable {min(avail)}..{max(avail)} kB "
+              f"(spread {max(avail) - min(avail)} kB), daemon RSS {min(rss)}..{max(rss)} kB "
+              f"(spread {max(rss) - min(rss)} kB)")
+    return 0
+
+
+def _smallest(disk: Path, args: argparse.Namespace, voice_port: int) -> int:
+    """-m lowered by --step MiB from --memory until a full story fails; each try on a
+    fresh copy of the installed disk."""
+    from ..ask import ask
+
+    works = []
+    memory = args.memory
+    while memory > 0:
+        copy = disk.with_name(f"try-{memory}.ext4")
+        subprocess.run(["cp", "--sparse=always", str(disk), str(copy)], check=True)
+        with BoardVM(copy, memory_mb=memory, control_port=free_port(), voice_port=voice_port,
+                     log=disk.with_name(f"try-{memory}.console.log")) as vm:
+            try:
+                b = vm.boot()
+                vm.wait_ready(300)
+                vm.sh("(/usr/local/sbin/memlow /run/memlow &)")
+                code = asyncio.run(ask(f"127.0.0.1:{vm.control_port}", args.prompt))
+                low = vm.sh("cat /run/memlow").split()[-1]
+                ooms = vm.oom_kills()
+                ok = code == 0 and ooms == 0
+                print(f"-m {memory}M: MemAvailable after boot {b.mem_available_kb} kB, lowest "
+                      f"during the story {low} kB, OOM kills {ooms}: "
+                      f"{'a full story' if ok else 'FAILED'}", flush=True)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
+                ok = False
+                print(f"-m {memory}M: FAILED: {str(err)[:2000]}", flush=True)
+        copy.unlink()
+        if not ok:
+            break
+        works.append((memory, b.mem_available_kb))
+        memory -= args.step
+    if not works:
+        return 1
+    (top, top_avail), (least, least_avail) = works[0], works[-1]
+    print(f"smallest working: -m {least}M, MemAvailable after boot {least_avail} kB; margin "
+          f"against -m {top}M ({top_avail} kB, the Duo's): {top_avail - least_avail} kB")
     return 0
 
 
@@ -349,24 +433,32 @@ def _interactive(vm: BoardVM) -> int:
     """Copies the terminal to the VM's console and back until qemu exits (type
     `poweroff`, or Ctrl-] to cut the power)."""
     print("console: `poweroff` or Ctrl-] to leave", flush=True)
-    seen = len(vm.console())
+    seen = vm.console_mark()
 
     def show() -> None:
         nonlocal seen
         while vm.proc.poll() is None:
-            text = vm.console(seen)
-            seen += len(text.encode())
-            sys.stdout.write(text)
+            now = vm.console_mark()
+            sys.stdout.write(vm.console(seen, now))
+            seen = now
             sys.stdout.flush()
             time.sleep(0.1)
 
     threading.Thread(target=show, daemon=True).start()
     vm.sh("stty echo")
     fd = sys.stdin.fileno()
-    while vm.proc.poll() is None:
-        data = os.read(fd, 1024)
-        if not data or b"\x1d" in data:
-            break
-        vm.proc.stdin.write(data)
-        vm.proc.stdin.flush()
+    # raw: each key goes to the VM as typed, Ctrl-C included
+    saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+    if saved:
+        tty.setraw(fd)
+    try:
+        while vm.proc.poll() is None:
+            data = os.read(fd, 1024)
+            if not data or b"\x1d" in data:
+                break
+            vm.proc.stdin.write(data)
+            vm.proc.stdin.flush()
+    finally:
+        if saved:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
     return 0
