@@ -264,6 +264,37 @@ class BoardVM:
         return int(self.sh("dmesg | grep -c 'Out of memory' || true").split()[-1])
 
 
+async def _ask(port: int, prompt: str) -> tuple[int, str | None]:
+    """A story from the board on 127.0.0.1:port, as storybot ask asks for it; its
+    sentences and None when it was told whole, else why not (stopped, an error, a link
+    that broke)."""
+    from .. import link
+
+    settings = link.LinkSettings()
+    client = link.BoundedTcpClient("127.0.0.1", port, settings)
+    await client.connect()
+    conn = link.Link(client, settings, "board")
+    told = {"sentences": 0, "why": "the link ended before the story did"}
+
+    async def handle(event: link.Event) -> bool:
+        if event.type == link.STORY_SENTENCE:
+            told["sentences"] += 1
+        elif event.type == link.STORY_END:
+            told["why"] = event.data.get("stopped")
+        elif event.type == link.ERROR:
+            told["why"] = f"error: {event.data.get('text')}"
+        return event.type not in (link.STORY_END, link.ERROR)
+
+    try:
+        await conn.send(link.Event(link.STORY_REQUEST, {"text": prompt}))
+        await conn.run(handle)
+    except OSError as err:
+        told["why"] = f"the link broke: {err}"
+    finally:
+        await client.disconnect()
+    return told["sentences"], told["why"]
+
+
 # ---------------------------------------------------------------------- storybot board-vm
 
 def register(subparsers) -> None:
@@ -369,19 +400,18 @@ def _boot_ready(vm: BoardVM) -> None:
 def _stories(vm: BoardVM, count: int, prompt: str) -> int:
     """Tells count stories in a row; prints the memory after each and, for a soak, how
     far MemAvailable and the daemon's RSS moved between the first story and the last."""
-    from ..ask import ask
-
     vm.sh("(/usr/local/sbin/memlow /run/memlow &)")
     after = []
     for n in range(count):
         t0 = time.monotonic()
-        code = asyncio.run(ask(f"127.0.0.1:{vm.control_port}", prompt))
+        sentences, why = asyncio.run(_ask(vm.control_port, prompt))
         after.append((vm.mem_available_kb(), vm.daemon_rss_kb()))
-        print(f"story {n + 1}: {time.monotonic() - t0:.0f} s, exit {code}; lowest MemAvailable "
+        print(f"story {n + 1}: {sentences} sentences in {time.monotonic() - t0:.0f} s"
+              f"{f' (NOT WHOLE: {why})' if why else ''}; lowest MemAvailable "
               f"{vm.sh('cat /run/memlow').split()[-1]} kB, now {after[-1][0]} kB, "
               f"daemon RSS {after[-1][1]} kB, OOM kills {vm.oom_kills()}", flush=True)
-        if code:
-            return code
+        if why:
+            return 1
     if count > 1:
         avail, rss = zip(*after)
         print(f"after {count} stories: MemAvailable {min(avail)}..{max(avail)} kB "
@@ -393,8 +423,6 @@ def _stories(vm: BoardVM, count: int, prompt: str) -> int:
 def _smallest(disk: Path, args: argparse.Namespace, voice_port: int) -> int:
     """-m lowered by --step MiB from --memory until a full story fails; each try on a
     fresh copy of the installed disk."""
-    from ..ask import ask
-
     works = []
     memory = args.memory
     while memory > 0:
@@ -406,13 +434,13 @@ def _smallest(disk: Path, args: argparse.Namespace, voice_port: int) -> int:
                 b = vm.boot()
                 vm.wait_ready(300)
                 vm.sh("(/usr/local/sbin/memlow /run/memlow &)")
-                code = asyncio.run(ask(f"127.0.0.1:{vm.control_port}", args.prompt))
+                sentences, why = asyncio.run(_ask(vm.control_port, args.prompt))
                 low = vm.sh("cat /run/memlow").split()[-1]
                 ooms = vm.oom_kills()
-                ok = code == 0 and ooms == 0
+                ok = why is None and ooms == 0
                 print(f"-m {memory}M: MemAvailable after boot {b.mem_available_kb} kB, lowest "
-                      f"during the story {low} kB, OOM kills {ooms}: "
-                      f"{'a full story' if ok else 'FAILED'}", flush=True)
+                      f"during the story {low} kB, OOM kills {ooms}, {sentences} sentences: "
+                      f"{'a whole story' if ok else f'FAILED ({why})'}", flush=True)
             except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
                 ok = False
                 print(f"-m {memory}M: FAILED: {str(err)[:2000]}", flush=True)
