@@ -453,7 +453,7 @@ def _smallest(disk: Path, args: argparse.Namespace, voice_port: int) -> int:
         return 1
     (top, top_avail), (least, least_avail) = works[0], works[-1]
     print(f"smallest working: -m {least}M, MemAvailable after boot {least_avail} kB; margin "
-          f"against -m {top}M ({top_avail} kB, the Duo's): {top_avail - least_avail} kB")
+          f"against the first try, -m {top}M ({top_avail} kB): {top_avail - least_avail} kB")
     return 0
 
 
