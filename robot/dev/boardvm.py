@@ -459,20 +459,24 @@ def _smallest(disk: Path, args: argparse.Namespace, voice_port: int) -> int:
 
 def _interactive(vm: BoardVM) -> int:
     """Copies the terminal to the VM's console and back until qemu exits (type
-    `poweroff`, or Ctrl-] to cut the power)."""
+    `poweroff`, or Ctrl-] to cut the power). Commands piped in run until a poweroff."""
     print("console: `poweroff` or Ctrl-] to leave", flush=True)
     seen = vm.console_mark()
 
     def show() -> None:
         nonlocal seen
-        while vm.proc.poll() is None:
+        while True:
+            running = vm.proc.poll() is None
             now = vm.console_mark()
             sys.stdout.write(vm.console(seen, now))
-            seen = now
             sys.stdout.flush()
+            seen = now
+            if not running:
+                return
             time.sleep(0.1)
 
-    threading.Thread(target=show, daemon=True).start()
+    shown = threading.Thread(target=show, daemon=True)
+    shown.start()
     vm.sh("stty echo")
     fd = sys.stdin.fileno()
     # raw: each key goes to the VM as typed, Ctrl-C included
@@ -482,11 +486,16 @@ def _interactive(vm: BoardVM) -> int:
     try:
         while vm.proc.poll() is None:
             data = os.read(fd, 1024)
-            if not data or b"\x1d" in data:
+            if not data:  # the end of what was piped in: its poweroff ends the VM
+                vm.proc.wait(600)
+                break
+            if b"\x1d" in data:
                 break
             vm.proc.stdin.write(data)
             vm.proc.stdin.flush()
     finally:
         if saved:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    vm.cut_power()
+    shown.join(5)
     return 0
