@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -132,11 +133,23 @@ async def test_boots_to_ready_from_the_init_script(installed, tmp_path, report):
         ps = await asyncio.to_thread(vm.sh, "ps -o pid,args")
         after = await asyncio.to_thread(vm.mem_available_kb)
         rss = await asyncio.to_thread(vm.daemon_rss_kb)
+        # restrict=on: the guest reaches nothing here but the forwards, not even the
+        # host's loopback through the user network's gateway
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            listener.setblocking(False)
+            port = listener.getsockname()[1]
+            tried = await asyncio.to_thread(
+                vm.sh, f"timeout 5 nc -w 3 10.0.2.2 {port} < /dev/null; echo \"nc: $?\"")
+            with pytest.raises(BlockingIOError):
+                listener.accept()
     report(f"boot {boot.seconds:.1f} s guest / {boot.wall_seconds:.0f} s wall, MemAvailable "
            f"{boot.mem_available_kb} kB before S99storybot; daemon ready at {ready:.1f} s "
            f"uptime, MemAvailable then {after} kB, daemon RSS {rss} kB")
     assert "python3 -m robot.cli serve" in ps  # bin/storybot's exec, from S99storybot's loop
     assert 30 * 1024 < boot.mem_available_kb < 42 * 1024  # the Duo's ~36 MiB, not a big VM
+    assert "nc: 0" not in tried
 
 
 @pytest.mark.asyncio
