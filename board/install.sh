@@ -25,7 +25,8 @@
 #  3. the copy is renamed to releases/ID and PREFIX/current is pointed at it with one
 #     rename (ln -sfn then mv -T), so current is never missing or half-made;
 #  4. the service (unless --no-service) and, if absent, /etc/storybot/storybot.env;
-#  5. after a switch, releases other than the new and the previous one are removed.
+#  5. after a switch, releases other than the new and the previous one are removed, and
+#     any copy an interrupted install left (releases/.new-*, e.g. after a power cut).
 # A failure in 1-3 leaves PREFIX/current as it was. Running it again with the same
 # bundle finds the release in place, checks it, and changes nothing.
 set -eu
@@ -258,10 +259,12 @@ fi
 # --- 5. keep the new and the previous release -----------------------------------------
 
 if [ "$SWITCHED" = yes ]; then
-	for dir in "$DEST"/releases/*; do
+	# .new-*: a power cut during step 2 leaves its copy, which the trap did not remove
+	for dir in "$DEST"/releases/* "$DEST"/releases/.new-*; do
 		[ -d "$dir" ] || continue
 		case releases/${dir##*/} in
 			"releases/$ID"|"$PREVIOUS") ;;
+			releases/.new-*) rm -rf "$dir"; say "removed ${dir##*/}, left by an interrupted install" ;;
 			*) rm -rf "$dir"; say "removed old release ${dir##*/}" ;;
 		esac
 	done

@@ -78,6 +78,7 @@ COMMANDS = {
     "quantize": ("dev.quantize", "convert a llama2.c fp32 checkpoint to storybot's int8 or 4-bit file"),
     "eval": ("dev.evaluate", "perplexity and greedy agreement of model formats against fp32"),
     "bundle": ("dev.bundle", "cross-build what goes onto the board, with its 4-bit model"),
+    "board-vm": ("dev.boardvm", "boot an emulated Duo, install a bundle, tell a story there"),
 }
 
 
