@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 from . import link, seal
 from .board import DEFAULT_CONTROL_PORT
@@ -58,12 +59,17 @@ def register(subparsers) -> None:
     p.add_argument("--board", default=os.environ.get("STORYBOT_CONTROL",
                                                      f"127.0.0.1:{DEFAULT_CONTROL_PORT}"),
                    help="the board's control HOST:PORT [STORYBOT_CONTROL] (default: %(default)s)")
+    p.add_argument("--pairing", default=None,
+                   help="pair with the board using this secret file, also on a loopback "
+                        "address (a forwarded port); default: only off loopback, with the "
+                        "secret storybot pair keeps")
     p.set_defaults(func=_cmd_ask)
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(ask(args.board, args.prompt))
+        secret = seal.load(Path(args.pairing)) if args.pairing else None
+        return asyncio.run(ask(args.board, args.prompt, secret=secret))
     except BrokenPipeError:
         # `storybot ask ... | head`: a reader that has read enough is no error. stdout goes
         # to /dev/null so that the interpreter's flush at exit does not fail again.

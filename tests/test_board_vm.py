@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 from test_board_emulated import Recording
 from test_install import board_bundle, install, need  # noqa: F401  (board_bundle: fixture)
+from test_voicehost import SECRET
 
+from robot import seal
 from robot.dev import boardvm, bundle
 from robot.dev.bundle import free_port
 from robot.engine import Engine, Params
@@ -66,6 +68,7 @@ def installed(board_bundle, tmp_path_factory, report):  # noqa: F811
         out = vm.install(board_bundle.tarball.name)
         took = time.monotonic() - t0
         vm.configure(boardvm.board_settings(STEPS, 0))
+        vm.pair(SECRET)
         vm.poweroff()
     report(f"first boot {boot.seconds:.1f} s guest / {boot.wall_seconds:.0f} s wall, "
            f"MemAvailable {boot.mem_available_kb} kB (MemTotal {boot.mem_total_kb} kB, "
@@ -86,7 +89,8 @@ async def voice_host(tmp_path: Path):
     """The voice host on this machine's loopback: real Piper, WAVs into tmp_path."""
     synth = Recording()
     port = free_port()
-    host = VoiceHost(VoiceHostSettings(host="127.0.0.1", port=port, wav_dir=str(tmp_path)), synth)
+    host = VoiceHost(VoiceHostSettings(host="127.0.0.1", port=port, wav_dir=str(tmp_path)), synth,
+                     secret=SECRET)
     task = asyncio.create_task(host.run())
     await asyncio.wait_for(host.server.listening.wait(), 10)
     try:
@@ -98,10 +102,15 @@ async def voice_host(tmp_path: Path):
 
 async def storybot_ask(vm: boardvm.BoardVM, prompt: str = PROMPT,
                        timeout: float = 900) -> tuple[int, list[str], str]:
-    """`storybot ask` on this machine, through the VM's forwarded control port."""
+    """`storybot ask` on this machine, through the VM's forwarded control port, paired
+    (the board's control port is on the network in the VM)."""
+    key = vm.disk.with_name("pairing.key")
+    if not key.exists():
+        seal.save(key, SECRET)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "robot.cli", "ask", "--board", f"127.0.0.1:{vm.control_port}",
-        prompt, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "--pairing", str(key), prompt, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:

@@ -32,6 +32,7 @@ import tty
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import link, seal
 from ..board import DEFAULT_CONTROL_PORT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +54,9 @@ def images() -> Path:
                                text=True, check=True).stdout.strip())
 
 
+PAIRING_IN_GUEST = "/etc/storybot/pairing.key"
+
+
 def board_settings(steps: int, temperature: float) -> dict[str, str]:
     """What /etc/storybot/storybot.env gains in the VM: the forwards, no button.
 
@@ -61,6 +65,7 @@ def board_settings(steps: int, temperature: float) -> dict[str, str]:
             # hostfwd delivers to the guest's address, not its loopback
             "STORYBOT_CONTROL": f"0.0.0.0:{DEFAULT_CONTROL_PORT}",
             "STORYBOT_BUTTON": "none",
+            "STORYBOT_PAIRING": PAIRING_IN_GUEST,
             "STORYBOT_STEPS": str(steps),
             "STORYBOT_TEMPERATURE": str(temperature)}
 
@@ -234,6 +239,13 @@ class BoardVM:
         self.sh(f"printf '%s\\n' '# board-vm' {shlex.quote(lines)} >> /etc/storybot/storybot.env"
                 " && sync")
 
+    def pair(self, secret: bytes) -> None:
+        """Pairs the installed board as its owner would: storybot pair --code, in the VM."""
+        from .. import seal
+
+        self.sh(f"/opt/storybot/current/bin/storybot pair --file {PAIRING_IN_GUEST} "
+                f"--code {seal.to_code(secret)} && sync", timeout=300)
+
     def log_mark(self) -> int:
         """The size of the daemon's log now: give it to wait_ready around a restart."""
         return int(self.sh("wc -c < /var/log/storybot.log 2>/dev/null || echo 0").split()[-1])
@@ -264,16 +276,13 @@ class BoardVM:
         return int(self.sh("dmesg | grep -c 'Out of memory' || true").split()[-1])
 
 
-async def _ask(port: int, prompt: str) -> tuple[int, str | None]:
-    """A story from the board on 127.0.0.1:port, as storybot ask asks for it; its
-    sentences and None when it was told whole, else why not (stopped, an error, a link
-    that broke)."""
-    from .. import link
+async def _ask(port: int, prompt: str, secret: bytes) -> tuple[int, str | None]:
+    """A story from the board on 127.0.0.1:port (its control port, forwarded), as storybot
+    ask asks for it, paired; its sentences and None when it was told whole, else why not
+    (stopped, an error, a link that broke)."""
 
     settings = link.LinkSettings()
-    client = link.BoundedTcpClient("127.0.0.1", port, settings)
-    await client.connect()
-    conn = link.Link(client, settings, "board")
+    client, conn = await link.open_link("127.0.0.1", port, settings, secret, "board")
     told = {"sentences": 0, "why": "the link ended before the story did"}
 
     async def handle(event: link.Event) -> bool:
@@ -351,19 +360,23 @@ def _cmd_board_vm(args: argparse.Namespace) -> int:
         wav_dir = Path(args.wav_dir or work / "wav")
         wav_dir.mkdir(parents=True, exist_ok=True)
         voice_port = free_port()
+        # The voice host here and the board in the VM are paired, as a user pairs them.
+        secret = seal.new_secret()
+        seal.save(work / "pairing.key", secret)
         voice = subprocess.Popen([sys.executable, "-m", "robot.cli", "voice-host", "--host",
                                   "127.0.0.1", "--port", str(voice_port), "--wav-dir",
-                                  str(wav_dir)], stdin=subprocess.DEVNULL)
+                                  str(wav_dir), "--pairing", str(work / "pairing.key")],
+                                 stdin=subprocess.DEVNULL)
         try:
-            disk = _installed_disk(work, tarball, args, voice_port)
+            disk = _installed_disk(work, tarball, args, voice_port, secret)
             if args.scenario == "smallest":
-                return _smallest(disk, args, voice_port)
+                return _smallest(disk, args, voice_port, secret)
             with BoardVM(disk, memory_mb=args.memory, control_port=free_port(),
                          voice_port=voice_port) as vm:
                 _boot_ready(vm)
                 if args.scenario == "console":
                     return _interactive(vm)
-                code = _stories(vm, args.stories, args.prompt)
+                code = _stories(vm, args.stories, args.prompt, secret)
             print(f"WAVs in {wav_dir}: {sorted(p.name for p in wav_dir.glob('*.wav'))}")
             return code
         finally:
@@ -371,7 +384,8 @@ def _cmd_board_vm(args: argparse.Namespace) -> int:
             voice.wait(30)
 
 
-def _installed_disk(work: Path, tarball: Path, args: argparse.Namespace, voice_port: int) -> Path:
+def _installed_disk(work: Path, tarball: Path, args: argparse.Namespace, voice_port: int,
+                   secret: bytes) -> Path:
     """A root disk with the bundle installed in the VM and the settings made, VM off."""
     with BoardVM.fresh(work, memory_mb=args.memory, control_port=free_port(),
                        voice_port=voice_port,
@@ -384,6 +398,7 @@ def _installed_disk(work: Path, tarball: Path, args: argparse.Namespace, voice_p
         print(vm.install(tarball.name), flush=True)
         print(f"installed in {time.monotonic() - t0:.0f} s", flush=True)
         vm.configure(board_settings(args.steps, args.temperature))
+        vm.pair(secret)
         vm.poweroff()
         return vm.disk
 
@@ -397,14 +412,14 @@ def _boot_ready(vm: BoardVM) -> None:
           flush=True)
 
 
-def _stories(vm: BoardVM, count: int, prompt: str) -> int:
+def _stories(vm: BoardVM, count: int, prompt: str, secret: bytes) -> int:
     """Tells count stories in a row; prints the memory after each and, for a soak, how
     far MemAvailable and the daemon's RSS moved between the first story and the last."""
     vm.sh("(/usr/local/sbin/memlow /run/memlow &)")
     after = []
     for n in range(count):
         t0 = time.monotonic()
-        sentences, why = asyncio.run(_ask(vm.control_port, prompt))
+        sentences, why = asyncio.run(_ask(vm.control_port, prompt, secret))
         after.append((vm.mem_available_kb(), vm.daemon_rss_kb()))
         print(f"story {n + 1}: {sentences} sentences in {time.monotonic() - t0:.0f} s"
               f"{f' (NOT WHOLE: {why})' if why else ''}; lowest MemAvailable "
@@ -420,7 +435,7 @@ def _stories(vm: BoardVM, count: int, prompt: str) -> int:
     return 0
 
 
-def _smallest(disk: Path, args: argparse.Namespace, voice_port: int) -> int:
+def _smallest(disk: Path, args: argparse.Namespace, voice_port: int, secret: bytes) -> int:
     """-m lowered by --step MiB from --memory until a full story fails; each try on a
     fresh copy of the installed disk."""
     works = []
@@ -434,7 +449,7 @@ def _smallest(disk: Path, args: argparse.Namespace, voice_port: int) -> int:
                 b = vm.boot()
                 vm.wait_ready(300)
                 vm.sh("(/usr/local/sbin/memlow /run/memlow &)")
-                sentences, why = asyncio.run(_ask(vm.control_port, args.prompt))
+                sentences, why = asyncio.run(_ask(vm.control_port, args.prompt, secret))
                 low = vm.sh("cat /run/memlow").split()[-1]
                 ooms = vm.oom_kills()
                 ok = why is None and ooms == 0
