@@ -212,7 +212,8 @@ class _Session(link.LinkHandler):
             return  # superseded or disconnected: nobody waits for this one
         event = Transcript(text=text).event()
         event.data["listen"] = listen_id
-        event.data["confidence"] = getattr(text, "confidence", None)  # listen.Heard's
+        if getattr(text, "confidence", None) is not None:  # a listen.Heard
+            event.data["confidence"] = text.confidence
         await self._send(event)
 
     async def _send(self, event: Event) -> None:

@@ -3,14 +3,17 @@
 Writes two files into robot/data/, both derived here and never edited by hand:
 
 * ``story_vocabulary.txt``: the words an opening may be shaped from (robot/prompts.py).
-  The model tells STORIES seeded stories; every word in them the English recognizer
-  can say (it is in its dictionary) and the word filter lets through is a candidate,
+  The model tells STORIES seeded stories and continues "Once upon a time, there was a"
+  SAMPLES times by a few tokens; every word in them the English recognizer can say (it
+  is in its dictionary) and the word filter lets through is a candidate,
   and the model itself says which candidates are what, by the log-probability
   (``Engine.score``, over all the word's tokenizer pieces) it gives them in an opening:
 
   - subject: "Once upon a time, there was a WORD who" scores at least SUBJECT_LOGPROB
     (characters score high; "forest", "big" or "teach" do not), and higher than
-    "... there were many WORD who" (which a plural such as "children" prefers);
+    "... there were many WORD who" (which a plural such as "children" prefers), and
+    the stories say "a WORD" if they say "his/her/their WORD" (what only ever belongs
+    to someone, "body", "mom", is no story's subject);
   - place: it followed "in the" or "in a" in the stories at least MIN_COUNT times and
     "... a bird (a girl) who lived in the WORD." scores at least PLACE_LOGPROB;
   - adjective: it stood between "a", "an" or "the" and a subject at least twice;
@@ -87,6 +90,16 @@ def tell_stories(engine: Engine, count: int, seed: int) -> list[str]:
             for k in range(count)]
 
 
+def first_words(engine: Engine, count: int, seed: int) -> list[str]:
+    """The words the model puts right after OPENING, count seeded times."""
+    steps = len(engine.tokenize(OPENING)) + 4
+    out = []
+    for k in range(count):
+        text = "".join(engine.generate(OPENING, Params(seed=seed + k, steps=steps)))
+        out += re.findall(r"[a-z]+", text[len(OPENING):])[:1]
+    return out
+
+
 def sentences_of(stories: list[str]) -> list[list[str]]:
     """Each story's sentences as words, case kept."""
     out = []
@@ -104,10 +117,10 @@ def logprob(engine: Engine, context: str, rest: str) -> float:
     return sum(engine.score(engine.tokenize(f"{context} {rest}"))[before - 1:])
 
 
-def derive(engine: Engine, sentences: list[list[str]], hearable: set[str],
+def derive(engine: Engine, sentences: list[list[str]], first: list[str], hearable: set[str],
            blocked: WordFilter) -> dict[str, dict[str, tuple[int, int, float]]]:
     """kind -> word -> (times said, tokenizer pieces, log-probability)."""
-    said = Counter(w.lower() for words in sentences for w in words)
+    said = Counter(w.lower() for words in sentences for w in words) + Counter(first)
     candidates = sorted(w for w in said if w.isalpha() and w in hearable and blocked.is_clean(w))
     pieces = {w: len(engine.tokenize(w)) - 1 for w in candidates}
     vocab: dict[str, dict[str, tuple[int, int, float]]] = defaultdict(dict)
@@ -129,9 +142,19 @@ def derive(engine: Engine, sentences: list[list[str]], hearable: set[str],
         if score >= SUBJECT_LOGPROB and score > logprob(engine, PLURAL_OPENING, word + " who"):
             vocab["subject"][word] = (said[word], pieces[word], score)
     subjects = vocab["subject"]
-    for word in list(subjects):  # "dogs" beside "dog": the plural is the same subject
-        if any(word == s + end for s in subjects for end in ("s", "es")) or \
-                (word.endswith("ies") and word[:-3] + "y" in subjects):
+    owned, introduced = Counter(), Counter()
+    for words in sentences:
+        lower = [w.lower() for w in words]
+        for a, b in zip(lower, lower[1:]):
+            if a in ("his", "her", "their", "my", "your"):
+                owned[b] += 1
+            elif a in ("a", "an"):
+                introduced[b] += 1
+    for word in list(subjects):
+        # "dogs" beside "dog": the plural is the same subject
+        plural = (any(word == s + end for s in subjects for end in ("s", "es"))
+                  or (word.endswith("ies") and word[:-3] + "y" in subjects))
+        if plural or (owned[word] and not introduced[word]):
             del subjects[word]
 
     after_in, before_subject = Counter(), Counter()
@@ -244,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="../shared/models/stories15M.bin")
     parser.add_argument("--tokenizer", default="../shared/models/tokenizer.bin")
     parser.add_argument("--stories", type=int, default=300, help="stories to tell")
+    parser.add_argument("--samples", type=int, default=2000,
+                        help="continuations of the opening, for rarer subjects")
     parser.add_argument("--out", default=str(DATA))
     parser.add_argument("--cache", type=Path,
                         help="JSON file of the told stories: read if it exists, else written")
@@ -260,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.cache:
                 args.cache.write_text(json.dumps(stories), encoding="utf-8")
         sentences = sentences_of(stories)
-        vocab = derive(engine, sentences, hearable, WordFilter.default())
+        first = first_words(engine, args.samples, seed=1)
+        vocab = derive(engine, sentences, first, hearable, WordFilter.default())
     empty = [kind for kind in ("subject", "adjective", "place", "girl", "boy", "pet")
              if not vocab[kind]]
     if empty:
