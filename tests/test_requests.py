@@ -1,14 +1,24 @@
 """Children's requests (tests/data/requests.tsv), spoken by Piper's joe voice and
 espeak-ng at two speeds, streamed as the microphone through the real English recognizer
 and shaped as the board shapes a transcript: every opening is grammatical and clean.
+One request also goes through the whole appliance on loopback (voice host, board,
+story, Piper), as tests/test_e2e_appliance.py does in Korean.
 
 How often the requested subject survives is measured, not asserted here:
 python -m robot.dev.listenbench (README, "Listening").
 """
 
+import asyncio
+import logging
+import re
+
 import pytest
+from test_board import engine, running_board, told  # noqa: F401  (engine is a fixture)
+from test_voicehost import voice_host
 
 from openings import grammatical
+from robot.button import ButtonSettings, FakeLine
+from robot.listen import WavMic
 from robot.dev.listenbench import (
     RECOGNIZERS, VOICES, Voices, hear, keeps, load_requests, open_recognizer)
 from robot.wordfilter import WordFilter
@@ -65,3 +75,23 @@ def test_a_clear_request_keeps_its_subject(recognizers, voices):
 def test_every_request_by_every_voice(recognizers, voices, recognizer, voice):
     for request in REQUESTS:
         _check(recognizers[recognizer], voices, voice, request.said)
+
+
+@pytest.mark.asyncio
+async def test_a_spoken_english_request_becomes_a_story_about_its_subject(
+        engine, recognizers, voices, tmp_path, caplog):  # noqa: F811
+    """The appliance end to end on loopback, as tests/test_e2e_appliance.py does in Korean."""
+    caplog.set_level(logging.INFO)
+    said = voices.wav("joe", "can you tell me a story about a princess and a frog")
+    line = FakeLine()
+    async with voice_host(tmp_path, recognizer=recognizers["pocketsphinx"],
+                          mic_factory=lambda: WavMic(said)) as (_, voice_port):
+        async with running_board(engine, voice_port=voice_port, line=line,
+                                 button=ButtonSettings(line=0)) as (board, _):
+            line.level = True  # a short press on the button
+            await asyncio.sleep(0.15)
+            line.level = False
+            story = await told(board, timeout=90)
+    assert story.shaped.opening == "Once upon a time, there was a princess and a frog."
+    assert story.sentences[0] == story.shaped.opening  # what was understood is said first
+    assert re.search(r"Heard '.*frog' \(recognizer confidence \d", caplog.text)
