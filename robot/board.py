@@ -296,7 +296,7 @@ class Board:
         if readable != cleaned:
             _LOGGER.info("Dropped %d transcript words the story model cannot read",
                          len(cleaned.split()) - len(readable.split()))
-        return shape_prompt(readable, seed=self._story_id + 1)
+        return shape_prompt(readable, seed=self._story_id + 1, spoken=True)
 
     def _begin(self, shaped: Shaped, why: str, asker: link.Link | None = None,
                prompt: str | None = None) -> None:

@@ -20,7 +20,8 @@ Text is reshaped when it is
    "stories" with at most "a", "an" or "another" before it, in any case and
    with any punctuation ("Tell me a story about a dragon!").
 
-Everything else passes through unchanged, byte for byte: typed text with a
+Everything else passes through unchanged, byte for byte (unless it is known to
+be a transcript, ``shape_prompt(..., spoken=True)``): typed text with a
 capital letter, punctuation or extra spaces and no request phrase is
 already a story opening ("Once upon a time", "Lily wanted a red balloon").
 ``is_request`` applies this rule.
@@ -314,9 +315,13 @@ def _surprise(seed: int) -> Shaped:
     return Shaped(opening, "surprise")
 
 
-def shape_prompt(text: str, *, seed: int = 0) -> Shaped:
-    """Turn a transcript or typed prompt into a story opening (see module doc for the rule)."""
-    if not is_request(text):
+def shape_prompt(text: str, *, seed: int = 0, spoken: bool = False) -> Shaped:
+    """Turn a transcript or typed prompt into a story opening (see module doc for the rule).
+
+    spoken: text is a recognizer's transcript, reshaped whatever it looks like (a
+    recognizer of another language writes capitals, digits and brackets too).
+    """
+    if not spoken and not is_request(text):
         return Shaped(text, "passthrough")
     words = _words(text)
     truncated = len(words) > MAX_TOPIC_WORDS

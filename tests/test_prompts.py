@@ -217,6 +217,18 @@ def test_any_text_either_passes_through_or_is_grammatical(text):
         assert grammatical(shaped.opening), shaped.opening
 
 
+@given(st.text())
+def test_a_transcript_never_passes_through(text):
+    shaped = shape_prompt(text, spoken=True)
+    assert shaped.source != "passthrough"
+    assert grammatical(shaped.opening), shaped.opening
+
+
+def test_a_transcript_of_another_language_is_reshaped():
+    assert shape_prompt("S [2] 위에 바르", spoken=True).opening == SURPRISE_0
+    assert shape_prompt("S [2] 위에 바르").source == "passthrough"  # as typed text
+
+
 def test_a_subject_heard_is_kept():
     for subject in vocabulary()["subject"]:
         opening = shape_prompt(f"um tell me a story about a {subject} please").opening

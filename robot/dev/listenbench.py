@@ -119,7 +119,7 @@ def hear(recognizer, wav: Path, words: WordFilter, seed: int = 1) -> tuple[str, 
     started = time.perf_counter()
     text = recognizer.listen(WavMic(wav), 15.0, threading.Event())
     took = time.perf_counter() - started
-    return text, shape_prompt(words.clean_transcript(text), seed=seed), took
+    return text, shape_prompt(words.clean_transcript(text), seed=seed, spoken=True), took
 
 
 def keeps(shaped: Shaped, subjects: tuple[str, ...]) -> bool:
