@@ -167,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         voices = Voices(args.out or Path(tmp))
         print(f"{len(requests)} requests, {len(asked)} with a subject; "
               "subject kept (fraction) and real-time factor per recognizer and voice")
+        # The ceiling: what was said, heard perfectly (subjects the model does not know
+        # can never be kept).
+        perfect = sum(keeps(shape_prompt(r.said, spoken=True), r.subjects) for r in asked)
+        print(f"heard perfectly (the request's own text): {perfect / len(asked):.2f}")
         print("| recognizer | " + " | ".join(args.voices) + " | RTF |")
         print("| --- " * (len(args.voices) + 2) + "|")
         for name in names:
