@@ -315,11 +315,12 @@ class SphinxRecognizer:
         heard, pending, spoke, ended = 0, b"", False, False
         started = time.perf_counter()
         decoder = self._decoder
-        decoder.start_utt()
         mic.open()
+        decoder.start_utt()
         try:
             while heard < limit and not stop.is_set():
-                data = mic.read(min(int(MIC_RATE * self.settings.chunk_seconds), (limit - heard) // 2))
+                chunk = int(MIC_RATE * self.settings.chunk_seconds)
+                data = mic.read(min(chunk, (limit - heard) // 2))
                 if not data:
                     break
                 heard += len(data)

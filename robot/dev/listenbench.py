@@ -123,7 +123,10 @@ def hear(recognizer, wav: Path, words: WordFilter, seed: int = 1) -> tuple[str, 
 
 
 def keeps(shaped: Shaped, subjects: tuple[str, ...]) -> bool:
-    """Whether the opening names every requested subject (or its plural)."""
+    """Whether the opening names every requested subject (or its plural); a surprise
+    that happens to name it does not count."""
+    if shaped.source == "surprise":
+        return False
     said = set(shaped.opening.lower().rstrip(".").replace(",", "").split())
     return all(s in said or plural(s) in said for s in subjects)
 
@@ -184,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                     took, audio = took + seconds, audio + _seconds(wav)
                     kept += bool(request.subjects) and keeps(shaped, request.subjects)
                     if args.verbose:
-                        print(f"  {name} {voice}: {request.said!r} -> {text!r} -> {shaped.opening!r}")
+                        print(f"  {name} {voice}: {request.said!r} -> {text!r} "
+                              f"-> {shaped.opening!r}")
                 cells.append(f"{kept / len(asked):.2f}")
             print(f"| {name} | " + " | ".join(cells) + f" | {took / audio:.3f} |", flush=True)
             del recognizer

@@ -190,7 +190,8 @@ def request_sentences(vocab: dict[str, dict[str, tuple]]) -> list[list[str]]:
     out = []
     for k, noun in enumerate(subjects):
         for j, frame in enumerate(REQUEST_FRAMES):
-            described = a(noun) if (k + j) % 2 else a(f"{adjectives[(k + j) % len(adjectives)]} {noun}")
+            adjective = adjectives[(k + j) % len(adjectives)]
+            described = a(noun) if (k + j) % 2 else a(f"{adjective} {noun}")
             text = (frame.replace("{np}", described, 1)
                     .replace("{np}", a(subjects[(k + 1) % len(subjects)]))
                     .replace("{place}", f"in the {places[(k + j) % len(places)]}")
@@ -246,7 +247,7 @@ def write_arpa(sentences: list[list[str]], path: Path) -> None:
         for gram in sorted(probs[n]):
             row = f"{log10(probs[n][gram]):.4f}\t{' '.join(gram)}"
             if n < ORDER - 1:
-                row += f"\t{log10(backoff[n].get(gram, 1.0)) if backoff[n].get(gram, 1.0) > 0 else 0.0:.4f}"
+                row += f"\t{log10(backoff[n].get(gram, 1.0)):.4f}"
             lines.append(row)
         lines.append("")
     lines.append("\\end\\")
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import pocketsphinx  # the recognizer's dictionary says which words it can hear
 
-    hearable = dictionary_words(Path(pocketsphinx.get_model_path()) / "en-us" / "cmudict-en-us.dict")
+    english = Path(pocketsphinx.get_model_path()) / "en-us"
+    hearable = dictionary_words(english / "cmudict-en-us.dict")
     with Engine(args.model, args.tokenizer) as engine:
         if args.cache and args.cache.is_file():
             stories = json.loads(args.cache.read_text(encoding="utf-8"))
