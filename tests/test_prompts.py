@@ -1,20 +1,21 @@
 """Tests for robot.prompts: transcripts to story openings, and typed text left alone."""
 
-import re
-
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from openings import grammatical, vocabulary
 from robot.prompts import (
     MAX_CHARACTERS,
     PLACE_HEROES,
     SURPRISE_OPENINGS,
+    VOCABULARY,
     Shaped,
     describe,
     is_request,
     shape_prompt,
 )
+from robot.wordfilter import WordFilter
 
 SURPRISE_0 = SURPRISE_OPENINGS[0]
 ONCE = "Once upon a time, there was "
@@ -24,101 +25,65 @@ CASES = [
     # requests, politeness and filler
     ("tell me a story about a dragon named max", ONCE + "a dragon named Max.", "request"),
     ("about a dragon named max", ONCE + "a dragon named Max.", "request"),
-    ("um uh please can you tell me a story about a brave little turtle",
-     ONCE + "a brave little turtle.", "request"),
+    ("um uh please can you tell me a story about a happy little turtle",
+     ONCE + "a happy little turtle.", "request"),
     ("hey robot could you tell me a story about a rabbit", ONCE + "a rabbit.", "request"),
-    ("i want a story about a pirate", ONCE + "a pirate.", "request"),
+    ("i want a story about a princess", ONCE + "a princess.", "request"),
     ("could you tell me a story about foxes thank you", ONCE + "a little fox.", "request"),
     ("tell me a dragon story please", ONCE + "a dragon.", "request"),
     ("tell me a story about a cat please robot", ONCE + "a cat.", "request"),
-    ("tell me a fairy tale", ONCE + "a fairy.", "request"),
+    # what the issue's recognizer heard: the known subject stays, the rest goes
+    ("can you do me a story about resist the frog", ONCE + "a frog.", "request"),
+    ("while story about a dinosaur i see so", ONCE + "a dinosaur.", "request"),
+    ("well you see i was funny", SURPRISE_0, "surprise"),
     # names
-    ("a cat named mister whiskers", ONCE + "a cat named Mister Whiskers.", "topic"),
-    ("a story with a girl called ruby in a big house",
-     ONCE + "a girl named Ruby who lived in a big house.", "request"),
-    ("lily and tom", ONCE + "a little girl named Lily and a little boy named Tom.", "topic"),
-    ("named max", ONCE + "a little boy named Max.", "topic"),
-    ("a lot of dogs named rex", "Once upon a time, there were many dogs named Rex.", "topic"),
+    ("a girl called lily in a big garden", ONCE + "a girl named Lily who lived in a big garden.", "topic"),
+    ("lily and tim", ONCE + "a little girl named Lily and a little boy named Tim.", "topic"),
+    ("a dog name max", ONCE + "a dog named Max.", "topic"),
+    ("a cat named xyzzy", ONCE + "a cat.", "topic"),
     # several characters
     ("a story about a cat and a dog", ONCE + "a cat and a dog.", "request"),
-    ("tell me a story about a princess named lily and a frog named bob",
-     ONCE + "a princess named Lily and a frog named Bob.", "request"),
+    ("tell me a story about a princess named lily and a frog named max",
+     ONCE + "a princess named Lily and a frog named Max.", "request"),
     ("two cats and a dog", "Once upon a time, there were two cats and a dog.", "topic"),
     ("a story about cats and dogs", ONCE + "a little cat and a little dog.", "request"),
     # places
     ("tell me a story in the forest", ONCE + "a little fox who lived in the forest.", "request"),
-    ("on the moon", ONCE + "a little fox who lived on the moon.", "topic"),
-    ("a story about a fox at the beach", ONCE + "a fox who lived at the beach.", "request"),
-    ("tell me a story about an owl on the moon", ONCE + "an owl who lived on the moon.", "request"),
-    ("a princess and a frog in a castle", ONCE + "a princess and a frog who lived in a castle.", "topic"),
-    ("i'd like a story about a mermaid under the sea please",
-     ONCE + "a mermaid who lived under the sea.", "request"),
-    # clauses
-    ("a dragon who loves cake", ONCE + "a dragon who loves cake.", "topic"),
-    ("a dragon in the castle who loves cake",
-     ONCE + "a dragon who lived in the castle and loves cake.", "topic"),
-    ("a dragon with no name", ONCE + "a dragon with no name.", "topic"),
-    ("tell me a story where a cat can fly", "Once upon a time, a cat can fly.", "request"),
-    ("tell me a story about how the cat got its hat", "Once upon a time, the cat got its hat.", "request"),
-    # bare topics and plurals
+    ("the forest", ONCE + "a little fox who lived in the forest.", "topic"),
+    ("a story about a fox in the park", ONCE + "a fox who lived in the park.", "request"),
+    ("a princess and a frog in a castle", ONCE + "a princess and a frog.", "topic"),
+    ("a princess and a frog in the woods", ONCE + "a princess and a frog who lived in the woods.", "topic"),
+    # plurals and counts
     ("dinosaurs", ONCE + "a little dinosaur.", "topic"),
     ("tell me a story about mice", ONCE + "a little mouse.", "request"),
-    ("tell me about the princesses", ONCE + "a little princess.", "request"),
-    ("i really like dragons", ONCE + "a little dragon.", "request"),
-    ("the little robot", ONCE + "a little robot.", "topic"),
-    ("a story about my dog", ONCE + "a dog.", "request"),
-    # numbers
-    ("three little pigs", "Once upon a time, there were three little pigs.", "topic"),
-    ("a story about the three little pigs", "Once upon a time, there were three little pigs.", "request"),
+    ("three little bunnies", "Once upon a time, there were three little bunnies.", "topic"),
     ("3 cats", "Once upon a time, there were three cats.", "topic"),
-    ("one dragon", ONCE + "a dragon.", "topic"),
     ("i want a story about a lot of puppies", "Once upon a time, there were many puppies.", "request"),
     # articles
-    ("hey robot tell me a story about a elephant", ONCE + "an elephant.", "request"),
+    ("tell me a story about a elephant", ONCE + "an elephant.", "request"),
     ("tell me a story about an dog", ONCE + "a dog.", "request"),
     ("story about dragon", ONCE + "a dragon.", "request"),
-    ("a story about a old owl", ONCE + "an old owl.", "request"),
-    ("a story about an unicorn", ONCE + "a unicorn.", "request"),
-    # noise, repeats and mishearings
+    # noise and repeats
     ("tell me a story about a a dragon", ONCE + "a dragon.", "request"),
-    ("a very very big dog", ONCE + "a very big dog.", "topic"),
     ("tell me a story about a dragon [unk] named max", ONCE + "a dragon named Max.", "request"),
     ("tell me uh a story about the uh dragon", ONCE + "a dragon.", "request"),
     ("tell me a glory about a cat", ONCE + "a cat.", "request"),
-    ("tell me a story a bout a cat", ONCE + "a cat.", "request"),
-    ("tell me a story about a dog name max", ONCE + "a dog named Max.", "request"),
-    ("tell me a story about a cat and", ONCE + "a cat.", "request"),
-    # very long: capped between words, at a join where there is one
-    ("tell me a story about a dragon who flies over the mountains and eats all the pizza in the world "
-     "and then goes to sleep for a very long time in a cave",
-     ONCE + "a dragon who flies over the mountains and eats all the pizza in the world.", "request"),
-    ("a cat and a dog and a bird and a fish and a frog and a snake",
-     ONCE + "a cat, a dog, a bird and a fish.", "topic"),
     # the child starts the story
-    ("once upon a time there was a cat named tom", ONCE + "a cat named Tom.", "topic"),
-    ("one day lily found a ball", "One day, Lily found a ball.", "topic"),
-    ("one sunny day a bird sang", "One sunny day, a bird sang.", "topic"),
+    ("once upon a time there was a little bunny", ONCE + "a little bunny.", "topic"),
     ("there was a big dog", ONCE + "a big dog.", "topic"),
-    # non-ASCII
-    ("tell me a story about a bear named zoë", ONCE + "a bear named Zoë.", "request"),
-    ("tell me a story about a dragón named josé", ONCE + "a dragón named José.", "request"),
-    ("a story about a éléphant", ONCE + "an éléphant.", "request"),
-    ("a story about a cat 🙂", ONCE + "a cat.", "request"),
     # typed requests (capitals and punctuation, but a request phrase)
     ("Tell me a story about a dragon named Max!", ONCE + "a dragon named Max.", "request"),
     ("Please, can you tell me a story?", SURPRISE_0, "surprise"),
-    # nothing usable: surprise
+    # nothing known: surprise
     ("", SURPRISE_0, "surprise"),
     ("   ", SURPRISE_0, "surprise"),
     ("um uh", SURPRISE_0, "surprise"),
-    ("[unk]", SURPRISE_0, "surprise"),
     ("[unk] [unk] um", SURPRISE_0, "surprise"),
     ("tell me a story", SURPRISE_0, "surprise"),
-    ("a story", SURPRISE_0, "surprise"),
-    ("hey robot", SURPRISE_0, "surprise"),
-    ("please please", SURPRISE_0, "surprise"),
-    ("once upon a time", SURPRISE_0, "surprise"),
-    ("tell me a story about", SURPRISE_0, "surprise"),
+    ("hello", SURPRISE_0, "surprise"),
+    ("i am hungry", SURPRISE_0, "surprise"),
+    ("tell me a story about a zorblax", SURPRISE_0, "surprise"),
+    ("tell me a story about a café 🙂", SURPRISE_0, "surprise"),
 ]
 
 
@@ -126,6 +91,7 @@ CASES = [
 def test_table(heard, opening, source):
     shaped = shape_prompt(heard)
     assert (shaped.opening, shaped.source) == (opening, source)
+    assert grammatical(shaped.opening), shaped.opening
 
 
 def test_the_table_is_big_enough():
@@ -174,84 +140,107 @@ def test_surprise_choice_is_deterministic_by_seed():
     assert {shape_prompt("", seed=s).opening for s in range(len(SURPRISE_OPENINGS))} == set(SURPRISE_OPENINGS)
 
 
-def test_place_hero_is_chosen_by_seed():
+def test_surprises_and_heroes_are_of_the_same_form():
+    assert all(grammatical(opening) for opening in SURPRISE_OPENINGS)
     openings = [shape_prompt("in the forest", seed=s).opening for s in range(len(PLACE_HEROES))]
     assert openings == [f"{ONCE}a {hero} who lived in the forest." for hero in PLACE_HEROES]
+    assert all(grammatical(opening) for opening in openings)
 
 
 def test_seed_does_not_change_a_clear_request():
-    assert {shape_prompt("a cat named tom", seed=s).opening for s in range(10)} == {ONCE + "a cat named Tom."}
+    assert {shape_prompt("a cat named tim", seed=s).opening for s in range(10)} == {ONCE + "a cat named Tim."}
 
 
 def test_details_are_reported():
-    shaped = shape_prompt("tell me a story about a princess named lily and a frog named bob in the forest")
+    shaped = shape_prompt("tell me a story about a princess named lily and a frog named max in the forest")
     assert shaped == Shaped(
-        opening=ONCE + "a princess named Lily and a frog named Bob who lived in the forest.",
+        opening=ONCE + "a princess named Lily and a frog named Max who lived in the forest.",
         source="request",
-        characters=("a princess named Lily", "a frog named Bob"),
-        names=("Lily", "Bob"),
+        characters=("a princess named Lily", "a frog named Max"),
+        names=("Lily", "Max"),
         place="in the forest",
         truncated=False,
     )
 
 
 def test_too_many_characters_are_capped_and_flagged():
-    shaped = shape_prompt(
-        "tell me a story about a cat and a dog and a bird and a fish and a frog and a snake"
-    )
-    assert shaped.opening == ONCE + "a cat, a dog, a bird and a fish."
+    shaped = shape_prompt("a cat and a dog and a bird and a frog and a bee and a fox")
+    assert shaped.opening == ONCE + "a cat, a dog, a bird and a frog."
     assert len(shaped.characters) == MAX_CHARACTERS
     assert shaped.truncated
 
 
-def test_long_transcript_is_cut_between_words_at_a_join():
-    heard = ("tell me a story about a dragon who flies over the mountains and eats all the pizza "
-             "in the world and then goes to sleep for a very long time in a cave")
-    shaped = shape_prompt(heard)
-    assert shaped.opening == (
-        ONCE + "a dragon who flies over the mountains and eats all the pizza in the world."
-    )
-    assert shaped.truncated
-
-
-def test_very_long_transcript_stays_short_and_whole_worded():
-    heard = " ".join(["a big friendly dragon who likes cake and a tiny cat who sings"] * 200)
+def test_a_long_transcript_is_read_only_so_far():
+    heard = " ".join(["a big dragon who likes cake and a little cat who sings"] * 200)
     shaped = shape_prompt(heard)
     assert shaped.truncated
-    assert len(shaped.opening.split()) < 40
-    said = set(heard.split()) | {"once", "upon", "time", "there", "was"}
-    assert all(word.strip(",.").lower() in said for word in shaped.opening.split())
+    assert shaped.opening == ONCE + "a big dragon and a little cat."
 
 
-CLEAN = re.compile(r"[A-Z][^\s]*(?: [^\s]+)*\.")
-VOCABULARY = ["tell", "me", "a", "story", "about", "the", "and", "named", "called", "in", "on", "who", "with",
-              "um", "[unk]", "please", "dragon", "dragons", "max", "lily", "elephant", "an", "three", "where",
-              "once", "upon", "time", "there", "was", "one", "day", "forest", "little", "café", "i", "x"]
+def test_the_vocabulary_is_derived_and_blocks_nothing():
+    text = VOCABULARY.read_text(encoding="utf-8")
+    assert text.startswith("# Derived by robot/dev/vocabulary.py")
+    words = WordFilter.default()
+    every = [word for kind in vocabulary().values() for word in kind]
+    assert len(every) > 100
+    assert [w for w in every if not words.is_clean(w)] == []
+    assert {"frog", "dinosaur", "dragon", "princess", "cat", "dog"} <= set(vocabulary()["subject"])
 
 
-@given(st.lists(st.sampled_from(VOCABULARY), max_size=40), st.integers(min_value=-5, max_value=10**6))
-def test_reshaped_openings_are_clean(words, seed):
+# Transcripts for the hypothesis tests: the vocabulary's own words, request words,
+# words it does not know, blocked words, numbers and noise, in any order.
+_KNOWN = sorted({w for kind in ("subject", "adjective", "place", "girl", "boy", "pet")
+                 for w in vocabulary()[kind]})
+_OTHER = ["tell", "me", "a", "an", "the", "story", "about", "and", "named", "called", "name", "in", "on",
+          "under", "who", "likes", "um", "[unk]", "please", "three", "many", "a lot of", "3", "once",
+          "upon", "time", "there", "was", "were", "resist", "see", "i", "funny", "café", "x", "s",
+          "dinosaurs", "mice", "puppies", "foxes"]
+_BLOCKED = list(WordFilter.default().entries)
+_WORDS = st.one_of(st.sampled_from(_KNOWN), st.sampled_from(_OTHER), st.sampled_from(_BLOCKED))
+
+
+@settings(max_examples=500)
+@given(st.lists(_WORDS, max_size=30), st.integers(min_value=-5, max_value=10**6))
+def test_every_opening_from_a_transcript_is_grammatical_and_clean(words, seed):
     shaped = shape_prompt(" ".join(words), seed=seed)
     assert shaped.source != "passthrough"
-    assert CLEAN.fullmatch(shaped.opening), shaped.opening
-    assert " ," not in shaped.opening and ",." not in shaped.opening and ".." not in shaped.opening
+    assert grammatical(shaped.opening), shaped.opening
+    assert WordFilter.default().is_clean(shaped.opening), shaped.opening
 
 
 @given(st.text())
-def test_any_text_either_passes_through_or_is_clean(text):
+def test_any_text_either_passes_through_or_is_grammatical(text):
     shaped = shape_prompt(text)
     if shaped.source == "passthrough":
         assert shaped.opening == text
     else:
-        assert CLEAN.fullmatch(shaped.opening), shaped.opening
+        assert grammatical(shaped.opening), shaped.opening
+
+
+@given(st.text())
+def test_a_transcript_never_passes_through(text):
+    shaped = shape_prompt(text, spoken=True)
+    assert shaped.source != "passthrough"
+    assert grammatical(shaped.opening), shaped.opening
+
+
+def test_a_transcript_of_another_language_is_reshaped():
+    assert shape_prompt("S [2] 위에 바르", spoken=True).opening == SURPRISE_0
+    assert shape_prompt("S [2] 위에 바르").source == "passthrough"  # as typed text
+
+
+def test_a_subject_heard_is_kept():
+    for subject in vocabulary()["subject"]:
+        opening = shape_prompt(f"um tell me a story about a {subject} please").opening
+        assert f" {subject}." in opening, opening
 
 
 def test_describe_for_the_console():
     assert describe(shape_prompt("Lily wanted a red balloon")) == (
         "[passthrough] kept as typed: 'Lily wanted a red balloon'"
     )
-    assert describe(shape_prompt("a fox at the beach")) == (
-        "[topic] reshaped from a topic (characters: a fox, place: at the beach): "
-        f"'{ONCE}a fox who lived at the beach.'"
+    assert describe(shape_prompt("a fox in the park")) == (
+        "[topic] reshaped from a topic (characters: a fox, place: in the park): "
+        f"'{ONCE}a fox who lived in the park.'"
     )
-    assert describe(shape_prompt("um")).startswith("[surprise] nothing usable heard")
+    assert describe(shape_prompt("um")).startswith("[surprise] nothing known heard")

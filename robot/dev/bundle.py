@@ -19,7 +19,7 @@ the start of MANIFEST's sha256 (install.sh names the release after it)::
     lib/glibc-c906/             ... for a glibc Python on a C906 (GCC 14, XTheadVector)
     python/robot/               robot/*.py, data/, storybot.h, and _abi_ffi.py: the header's
                                 declarations for cffi's out-of-line ABI mode
-    models/                     the 4-bit (q4_0) model made by robot.quantize, tokenizer.bin
+    models/                     the board model (GPTQ, 4-8 bits a matrix), tokenizer.bin
     service/                    systemd/'s init script and units
 
 install.sh picks the library by the board's C library and CPU. No compiled cffi
@@ -62,10 +62,10 @@ from . import bench, quantize
 _LOGGER = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-# 4-bit, not int8: storybot serve with q8_0 peaks at 37.0 MiB under emulation, more
-# than the Duo's ~36 MiB free; q4_0 takes 7.2 MiB less (and fewer cycles per token), for
-# a perplexity 1.12x fp32's instead of 1.001x (README, "Models and what they cost").
-MODEL_FORMAT = "q4_0"
+# GPTQ with a width per matrix (quantize -f board): int8's quality (perplexity 1.007x
+# fp32's; q4_0: 1.12x) in 11.7 MB, which fits beside the daemon where q8_0's 16 MB does
+# not (README, "Models and what they cost").
+MODEL_FORMAT = "board"
 MODEL_NAME = f"stories15M.{MODEL_FORMAT}.bin"
 PROMPT = "Once upon a time"
 
@@ -619,7 +619,7 @@ def register(subparsers) -> None:
                     "its .tar.gz. Needs tools/riscv/setup.sh (and tools/riscv/userland.sh to "
                     "measure the board daemon).")
     p.add_argument("--model", default=models.DEFAULT_MODEL,
-                   help="fp32 llama2.c model to convert to 4-bit q4_0 (default: %(default)s)")
+                   help="fp32 llama2.c model to convert to the board format (default: %(default)s)")
     p.add_argument("--tokenizer", default=models.DEFAULT_TOKENIZER,
                    help="tokenizer file or name (default: %(default)s)")
     p.add_argument("--out", default="dist", help="output folder (default: %(default)s)")
