@@ -115,25 +115,18 @@ class PyAudioMic:
     def open(self) -> None:
         import pyaudio
 
-        self._pa = pyaudio.PyAudio()
+        from .audio import find_device, portaudio
+
+        self._pa = portaudio()
         try:
             self._stream = self._pa.open(
                 format=pyaudio.paInt16, channels=1, rate=self.sample_rate, input=True,
-                input_device_index=self._find(self._pa), frames_per_buffer=1024)
+                input_device_index=find_device(self._pa, self.device, "input")[0],
+                frames_per_buffer=1024)
         except BaseException:
             self._pa.terminate()
             self._pa = None
             raise
-
-    def _find(self, pa) -> int | None:
-        if self.device is None:
-            return None
-        for i in range(pa.get_device_count()):
-            info = pa.get_device_info_by_index(i)
-            if info["maxInputChannels"] > 0 and (
-                    self.device == str(i) or self.device.lower() in info["name"].lower()):
-                return i
-        raise OSError(f"no input device {self.device!r}")
 
     def read(self, frames: int) -> bytes:
         # A child talking over a busy host must not end the listen with an overflow.

@@ -202,3 +202,11 @@ def test_default_sink_falls_back_to_wav_without_a_device(alsa, tmp_path, caplog)
 def test_default_sink_falls_back_to_wav_without_pyaudio(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyaudio", None)  # makes "import pyaudio" fail
     assert isinstance(default_sink(tmp_path / "story.wav"), WavSink)
+
+
+def test_the_microphone_finds_its_device_as_the_speaker_does():
+    from robot.audio import AudioDeviceError
+    from robot.listen import PyAudioMic
+
+    with pytest.raises(AudioDeviceError):
+        PyAudioMic("no such microphone").open()

@@ -188,7 +188,8 @@ def stage(directory: Path, built: dict[str, Path], model: Path, tokenizer: Path)
         if src.name != "_build.py":  # the API-mode build script: needs a compiler and the sources
             _copy(src, package / src.name)
     for src in sorted((REPO / "robot" / "data").iterdir()):
-        _copy(src, package / "data" / src.name)
+        if src.name != "story.lm":  # the voice host's recognizer's (1 MB), not the board's
+            _copy(src, package / "data" / src.name)
     _copy(REPO / "native" / "include" / "storybot.h", package / "storybot.h")
     write_abi_module(REPO / "native" / "include" / "storybot.h", package / "_abi_ffi.py")
 

@@ -11,7 +11,7 @@ with seeds 1000-1099, so these seeds stay clear of it and the eval text stays he
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
