@@ -136,23 +136,25 @@ def majflt(vm: boardvm.BoardVM, pid: str) -> int:
 
 @pytest.mark.asyncio
 async def test_boots_to_ready_from_the_init_script(installed, tmp_path, report):
-    with board(installed, tmp_path, free_port()) as vm:
-        boot = await asyncio.to_thread(vm.boot)
-        ready = await asyncio.to_thread(vm.wait_ready)
-        ps = await asyncio.to_thread(vm.sh, "ps -o pid,args")
-        after = await asyncio.to_thread(vm.mem_available_kb)
-        rss = await asyncio.to_thread(vm.daemon_rss_kb)
-        # restrict=on: the guest reaches nothing here but the forwards, not even the
-        # host's loopback through the user network's gateway
-        with socket.socket() as listener:
-            listener.bind(("127.0.0.1", 0))
-            listener.listen()
-            listener.setblocking(False)
-            port = listener.getsockname()[1]
-            tried = await asyncio.to_thread(
-                vm.sh, f"timeout 5 nc -w 3 10.0.2.2 {port} < /dev/null; echo \"nc: $?\"")
-            with pytest.raises(BlockingIOError):
-                listener.accept()
+    # ready = the daemon is up and paired with the voice host on this machine
+    async with voice_host(tmp_path) as (_, voice_port):
+        with board(installed, tmp_path, voice_port) as vm:
+            boot = await asyncio.to_thread(vm.boot)
+            ready = await asyncio.to_thread(vm.wait_ready)
+            ps = await asyncio.to_thread(vm.sh, "ps -o pid,args")
+            after = await asyncio.to_thread(vm.mem_available_kb)
+            rss = await asyncio.to_thread(vm.daemon_rss_kb)
+            # restrict=on: the guest reaches nothing here but the forwards, not even the
+            # host's loopback through the user network's gateway
+            with socket.socket() as listener:
+                listener.bind(("127.0.0.1", 0))
+                listener.listen()
+                listener.setblocking(False)
+                port = listener.getsockname()[1]
+                tried = await asyncio.to_thread(
+                    vm.sh, f"timeout 5 nc -w 3 10.0.2.2 {port} < /dev/null; echo \"nc: $?\"")
+                with pytest.raises(BlockingIOError):
+                    listener.accept()
     report(f"boot {boot.seconds:.1f} s guest / {boot.wall_seconds:.0f} s wall, MemAvailable "
            f"{boot.mem_available_kb} kB before S99storybot; daemon ready at {ready:.1f} s "
            f"uptime, MemAvailable then {after} kB, daemon RSS {rss} kB")

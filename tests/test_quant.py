@@ -123,6 +123,7 @@ def test_widths_per_matrix(small, tmp_path):
         assert np.array_equal(Q.read_matrix(out, name), Q.read_matrix(small[same], name)), name
 
 
+@pytest.mark.slow  # GPTQ calibration on sampled stories
 def test_board_format_is_gptq_at_its_widths(small, tmp_path, tokenizer_path):
     """The named board format: its widths per kind, GPTQ calibrated on the model's own
     samples by default, loaded and scored close to fp32 by the library."""
@@ -154,6 +155,7 @@ def tokenizer512(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow  # GPTQ calibration on sampled stories
 def test_stories260k_keeps_its_odd_matrices_in_fp32(tmp_path, tokenizer_path):
     """stories260K (hidden 172, not whole groups of 32): w2 stays fp32, the rest is
     quantized, and the model scores text close to fp32 (GPTQ on its own samples too)."""

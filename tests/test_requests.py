@@ -17,7 +17,8 @@ from test_board import engine, running_board, told  # noqa: F401  (engine is a f
 from test_voicehost import voice_host
 
 from openings import grammatical
-from robot.button import ButtonSettings, FakeLine
+from buttonlines import FakeLine
+from robot.button import ButtonSettings
 from robot.listen import WavMic
 from robot.dev.listenbench import (
     RECOGNIZERS, VOICES, Voices, hear, keeps, load_requests, open_recognizer)
