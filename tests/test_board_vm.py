@@ -254,7 +254,9 @@ async def test_a_power_cut_mid_story(installed, tmp_path, report):
 def second_bundle(board_bundle, tmp_path: Path) -> Path:  # noqa: F811
     """The bundle with one setting more: another MANIFEST, so another release id."""
     work = tmp_path / "second"
-    shutil.copytree(board_bundle.directory, work, symlinks=True)
+    # without the bytecode the emulated daemon tests wrote beside the bundle's modules
+    shutil.copytree(board_bundle.directory, work, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
     with open(work / "storybot.env", "a") as f:
         f.write("# the second bundle\n")
     directory = tmp_path / f"storybot-{(work / 'VERSION').read_text().strip()}-" \
