@@ -18,8 +18,10 @@ CACHE=${STORYBOT_CACHE:-${HOME:-/root}/.cache/storybot}/board-vm
 OUT=$CACHE/images-systemd
 DISK_MB=768
 # systemd's and udev's dependencies minus the userland's packages
-# (apt-cache depends --recurse, without the alternatives debconf/sysusers pull in)
-PKGS="systemd systemd-sysv udev libsystemd-shared libapparmor1 libkmod2 libseccomp2"
+# (apt-cache depends --recurse, without the alternatives debconf/sysusers pull in), and
+# libnss-systemd: a DynamicUser= service's user has a name and a home only through it
+PKGS="systemd systemd-sysv udev libsystemd-shared libapparmor1 libkmod2 libseccomp2
+      libnss-systemd"
 
 if [[ ${1:-} == --print-dir ]]; then echo "$OUT"; exit 0; fi
 T0=$(date +%s)
@@ -76,6 +78,9 @@ cp "$USERLAND/usr/share/base-passwd/group.master" "$RF/etc/group"
 echo "gpio:x:990:" >> "$RF/etc/group"
 tr -d '-' < /proc/sys/kernel/random/uuid > "$RF/etc/machine-id"
 : > "$RF/etc/fstab"
+# libnss-systemd's postinst adds it to passwd and group (libc-bin's has no file here)
+printf '%s\n' "passwd: files systemd" "group: files systemd" "shadow: files" \
+    "hosts: files dns" > "$RF/etc/nsswitch.conf"
 echo storybot-duo > "$RF/etc/hostname"
 cp -a "$HERE/rootfs-systemd/." "$RF/"
 # the enablements `systemctl enable` would make (WantedBy= of these units)
@@ -83,6 +88,10 @@ W=$RF/etc/systemd/system
 mkdir -p "$W/multi-user.target.wants" "$W/network-online.target.wants"
 ln -sfn /etc/systemd/system/storybot-vm-console.service "$W/multi-user.target.wants/"
 ln -sfn /etc/systemd/system/storybot-vm-net.service "$W/network-online.target.wants/"
+ln -sfn /etc/systemd/system/storybot-vm-net.service "$W/multi-user.target.wants/"
+# eth0 as in the BusyBox variant: udev's predictable names (enp0s2) off
+mkdir -p "$RF/etc/systemd/network"
+ln -sfn /dev/null "$RF/etc/systemd/network/99-default.link"
 # the console is storybot-vm-console's root shell, not a login prompt
 ln -sfn /dev/null "$W/serial-getty@ttyS0.service"
 ln -sfn /lib/systemd/system/multi-user.target "$W/default.target"
