@@ -101,7 +101,8 @@ async def test_the_board_service_under_systemd(board_bundle, tmp_path, report): 
             assert 61184 <= uid <= 65519, status   # a dynamic user's range, not root
             assert "CapEff:\t0000000000000000" in status
             mem = await run(vm.mem_available_kb)
-            rss = (await run(vm.sh, f"awk '/^VmRSS:/ {{ print $2 }}' /proc/{pid}/status")).split()[-1]
+            rss = (await run(vm.sh, f"awk '/^VmRSS:/ {{ print $2 }}' /proc/{pid}/status")
+                   ).split()[-1]
             report(f"install.sh {took:.0f} s; systemctl start {took_start:.0f} s wall (READY=1); "
                    f"MemAvailable {mem} kB, daemon RSS {rss} kB, uid {uid}")
 
@@ -146,4 +147,3 @@ async def test_the_board_service_under_systemd(board_bundle, tmp_path, report): 
                    f"again after {time.monotonic() - t0:.0f} s wall")
             journal = await run(vm.sh, f"journalctl -u {UNIT} -o cat")
             assert "status=9/KILL" in journal, journal[-2000:]
-            vm.cut_power()
