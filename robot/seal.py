@@ -146,7 +146,10 @@ def load(path: Path | None = None) -> bytes:
         text = path.read_text()
     except FileNotFoundError:
         raise NotPaired(f"no pairing secret at {path}") from None
-    if mode & 0o077:
+    # A systemd credential is 0440, its group the service's own: only others matter there
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    shared = 0o007 if credentials and path.parent == Path(credentials) else 0o077
+    if mode & shared:
         raise ValueError(f"{path} is readable by others (mode {mode & 0o777:o}); "
                          f"chmod 600 it, or pair again")
     if not text.strip():

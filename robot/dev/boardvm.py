@@ -514,3 +514,67 @@ def _interactive(vm: BoardVM) -> int:
     vm.cut_power()
     shown.join(5)
     return 0
+
+
+# ---------------------------------------------------------------------- the systemd variant
+
+BUILD_SYSTEMD = REPO / "tools" / "board-vm" / "build-systemd.sh"
+# more RAM is fine here (issue 15): systemd, journald and udevd take 8-14 MiB more
+# MemAvailable after boot than BusyBox init (README.md here, "The systemd variant")
+SYSTEMD_MEMORY_MB = 256
+
+
+def systemd_disk() -> Path:
+    """tools/board-vm/build-systemd.sh's root disk (made if needed; build.sh's too)."""
+    proc = subprocess.run(["bash", str(BUILD_SYSTEMD)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("tools/board-vm/build-systemd.sh failed:\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    out = subprocess.run(["bash", str(BUILD_SYSTEMD), "--print-dir"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    return Path(out) / "rootfs-systemd.ext4"
+
+
+class SystemdBoardVM(BoardVM):
+    """The same machine with systemd as PID 1: build.sh's kernel and initramfs, the root
+    disk of build-systemd.sh, its root shell on the console (storybot-vm-console)."""
+
+    def __init__(self, disk: Path, *, memory_mb: int = SYSTEMD_MEMORY_MB, **kwargs):
+        super().__init__(disk, memory_mb=memory_mb, **kwargs)
+
+    @classmethod
+    def fresh(cls, workdir: Path, **kwargs) -> "SystemdBoardVM":
+        workdir.mkdir(parents=True, exist_ok=True)
+        disk = workdir / "root-systemd.ext4"
+        subprocess.run(["cp", "--sparse=always", str(systemd_disk()), str(disk)], check=True)
+        return cls(disk, **kwargs)
+
+    def boot(self, timeout: float = 600) -> Boot:
+        """Power on; returns once systemd says the boot is done (`is-system-running
+        --wait`): seconds is the guest's uptime then, MemAvailable is read then."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        with self._changed:
+            self._out.clear()
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        self.wait_for(re.escape(PROMPT), timeout)
+        self.sh("stty -echo", timeout=60)
+        state = self.sh("systemctl is-system-running --wait", timeout=timeout, check=False)
+        uptime = float(self.sh("cut -d' ' -f1 /proc/uptime").split()[-1])
+        if state.split()[-1:] != ["running"]:
+            raise RuntimeError(f"board VM (systemd): the system is {state.strip()!r}:\n" +
+                               self.sh("systemctl --failed --no-legend", check=False))
+        mem = self.sh("awk '/^Mem(Available|Total):/ { print $2 }' /proc/meminfo").split()
+        return Boot(uptime, time.monotonic() - t0, int(mem[1]), int(mem[0]))
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        """systemctl show's properties of unit."""
+        out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props))
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def poweroff(self, timeout: float = 180) -> None:
+        self.proc.stdin.write(b"systemctl poweroff\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout)
