@@ -35,8 +35,11 @@ class ModelNotFound(FileNotFoundError):
 def search_dirs() -> List[Path]:
     """Folders searched for a bare file name, in order."""
     dirs = [Path(d) for d in os.environ.get("STORYBOT_MODELS", "").split(os.pathsep) if d]
-    dirs += [Path.cwd() / "models", REPO / "models", REPO.parent / "shared" / "models",
-             cache_dir()]
+    dirs += [Path.cwd() / "models", REPO / "models", REPO.parent / "shared" / "models"]
+    try:
+        dirs.append(cache_dir())
+    except RuntimeError:  # no home: a systemd DynamicUser= service without nss-systemd
+        pass
     return dirs
 
 

@@ -30,3 +30,16 @@ def test_a_download_lands_only_when_its_checksum_matches(tmp_path):
 def test_an_unknown_file_needs_its_address_and_checksum(tmp_path):
     with pytest.raises(KeyError):
         models.download("stories42M.bin", tmp_path)
+
+
+def test_files_are_found_without_a_home_directory(monkeypatch):
+    """A systemd DynamicUser= service may have no home (no nss-systemd): the model is
+    still found in the folders that do exist, instead of Path.home() ending the daemon."""
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(models.Path, "home", staticmethod(no_home))
+    monkeypatch.setenv("STORYBOT_MODELS", str(SHARED / "models"))
+    assert models.find("tokenizer.bin") == SHARED / "models" / "tokenizer.bin"
