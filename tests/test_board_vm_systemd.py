@@ -123,7 +123,8 @@ async def test_the_board_service_under_systemd(board_bundle, tmp_path, report): 
                               "grep -c . /proc/self/mountinfo'")
             assert "state-ok" in wrote and "wrote" not in wrote, wrote
             root_ro = await run(vm.sh, f"awk '$5 == \"/\" {{ print $6 }}' /proc/{pid}/mountinfo")
-            assert root_ro.split()[0].startswith("ro"), root_ro
+            # the mount options are the last word (the console may echo its prompt first)
+            assert root_ro.split()[-1].split(",")[0] == "ro", root_ro
             exposure = (await run(vm.sh, f"systemd-analyze security {UNIT} --no-pager "
                                   "| tail -n 1", 300, False)).strip()
             report(f"sandbox: / is {root_ro.split()[0]}, only {STATE} writable; {exposure}")

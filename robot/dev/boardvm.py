@@ -132,8 +132,8 @@ class BoardVM:
 
     # ------------------------------------------------------------------ power and console
 
-    def boot(self, timeout: float = 300) -> Boot:
-        """Power on; returns once rcS has run and the console shell answers."""
+    def _power_on(self) -> float:
+        """Start qemu with a fresh console buffer; returns the monotonic time it started."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         with self._changed:
             self._out.clear()
@@ -141,6 +141,11 @@ class BoardVM:
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        return t0
+
+    def boot(self, timeout: float = 300) -> Boot:
+        """Power on; returns once rcS has run and the console shell answers."""
+        t0 = self._power_on()
         mem = self.wait_for(r"storybot-vm: MemAvailable after boot: (\d+) kB \(MemTotal (\d+) kB\)",
                             timeout)
         done = self.wait_for(r"storybot-vm: booted in ([\d.]+) s", timeout)
@@ -196,7 +201,8 @@ class BoardVM:
         m = self.wait_for(re.escape(end) + r" (\d+)", timeout, start)
         out = self.console(start)
         out = out[:out.find(end)].replace("\r", "")
-        out = re.sub(r"^\s*(~ # )*", "", out.removeprefix(line.replace("\n", "")))
+        # drop the shell's prompts ("~ # ", or "# " and "/ # " on the systemd console)
+        out = re.sub(r"^\s*((?:~|/\S*)? ?# )*", "", out.removeprefix(line.replace("\n", "")))
         if check and m.group(1) != "0":
             raise RuntimeError(f"board VM: {command!r} failed ({m.group(1)}):\n{out}")
         return out
@@ -552,13 +558,7 @@ class SystemdBoardVM(BoardVM):
     def boot(self, timeout: float = 600) -> Boot:
         """Power on; returns once systemd says the boot is done (`is-system-running
         --wait`): seconds is the guest's uptime then, MemAvailable is read then."""
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        with self._changed:
-            self._out.clear()
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        t0 = self._power_on()
         self.wait_for(re.escape(PROMPT), timeout)
         self.sh("stty -echo", timeout=60)
         state = self.sh("systemctl is-system-running --wait", timeout=timeout, check=False)

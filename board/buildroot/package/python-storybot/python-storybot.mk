@@ -31,7 +31,7 @@ define PYTHON_STORYBOT_INSTALL_TARGET_CMDS
 	$(INSTALL) -D -m 0644 $(@D)/systemd/storybot.env $(TARGET_DIR)/etc/storybot/storybot.env
 	printf '%s\n' '# --- buildroot: the storybot package installs the model here' \
 		'STORYBOT_MODELS=/usr/share/storybot/models' \
-		'STORYBOT_MODEL=stories15M.q4_0.bin' >> $(TARGET_DIR)/etc/storybot/storybot.env
+		'STORYBOT_MODEL=stories15M.board.bin' >> $(TARGET_DIR)/etc/storybot/storybot.env
 endef
 
 $(eval $(generic-package))

@@ -44,8 +44,8 @@ endef
 STORYBOT_MODELS_DIR = $(call qstrip,$(BR2_PACKAGE_STORYBOT_MODELS_DIR))
 ifneq ($(STORYBOT_MODELS_DIR),)
 define STORYBOT_INSTALL_MODELS
-	$(INSTALL) -D -m 0644 $(STORYBOT_MODELS_DIR)/stories15M.q4_0.bin \
-		$(TARGET_DIR)/usr/share/storybot/models/stories15M.q4_0.bin
+	$(INSTALL) -D -m 0644 $(STORYBOT_MODELS_DIR)/stories15M.board.bin \
+		$(TARGET_DIR)/usr/share/storybot/models/stories15M.board.bin
 	$(INSTALL) -D -m 0644 $(STORYBOT_MODELS_DIR)/tokenizer.bin \
 		$(TARGET_DIR)/usr/share/storybot/models/tokenizer.bin
 endef
