@@ -51,6 +51,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -363,7 +364,9 @@ def board_env(release: Path, library: Path | None = None) -> dict[str, str]:
     """What bin/storybot gives the daemon of a release. An installed release finds its
     library through the link install.sh made; a bundle directory is told which one."""
     env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "PYTHONPATH": str(release / "python"),
-           "PYTHONSAFEPATH": "1", "STORYBOT_ABI": "1", "STORYBOT_MODELS": str(release / "models")}
+           "PYTHONSAFEPATH": "1", "STORYBOT_ABI": "1", "STORYBOT_MODELS": str(release / "models"),
+           # bytecode goes to a tree of its own: a bundle stays as its MANIFEST lists it
+           "PYTHONPYCACHEPREFIX": str(Path(tempfile.gettempdir()) / "storybot-pycache")}
     if library is not None:
         env["STORYBOT_LIB"] = str(library)
     return env
