@@ -89,7 +89,8 @@ def storybot(*args, env=None):
 def wait_for(condition, timeout=30):
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        if time.monotonic() > deadline:  # a bound on the wait, not a speed to meet
+            raise TimeoutError(f"not within {timeout} s")
         time.sleep(0.05)
 
 
@@ -116,7 +117,6 @@ def test_sigterm_during_a_story_exits_cleanly(notify_socket, tmp_path):
 
             return await ask(f"127.0.0.1:{port}", "Once upon a time", FAST, out=Out()), lines
 
-        started = time.monotonic()
         code, lines = asyncio.run(ask_then_terminate())
         out, err = proc.communicate(timeout=20)
     finally:
@@ -124,7 +124,6 @@ def test_sigterm_during_a_story_exits_cleanly(notify_socket, tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert time.monotonic() - started < 10
     assert code == 0 and len(lines) >= 2  # the asker was told the story ended
     assert "Stopping story 1: the board is shutting down" in err
     assert "STOPPING=1" in notify_socket()
