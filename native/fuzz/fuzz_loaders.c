@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "storybot.h"
+#include "../tests/tiny_tokenizer.h"
 
 enum { DIM = 8, HIDDEN = 16, LAYERS = 1, HEADS = 2, KV_HEADS = 1, VOCAB = 300, SEQ = 16 };
 
@@ -30,20 +31,7 @@ static long weight_count(void) {
 static void write_valid_files(void) {
     // a tokenizer of VOCAB tokens: the 3 specials, 256 byte tokens, then a few merges
     FILE *f = fopen("/tmp/storybot-fuzz-tok.bin", "wb");
-    int32_t max_len = 6;
-    fwrite(&max_len, 4, 1, f);
-    for (int i = 0; i < VOCAB; i++) {
-        char s[16];
-        if (i < 3) snprintf(s, sizeof s, "%s", i == 0 ? "<unk>" : i == 1 ? "<s>" : "</s>");
-        else if (i < 259) snprintf(s, sizeof s, "<0x%02X>", i - 3);
-        else if (i == 259) snprintf(s, sizeof s, " ");
-        else snprintf(s, sizeof s, "%c%c", 'a' + i % 26, 'a' + (i / 26) % 26);
-        float score = (float)-i;
-        int32_t len = (int32_t)strlen(s);
-        fwrite(&score, 4, 1, f);
-        fwrite(&len, 4, 1, f);
-        fwrite(s, 1, (size_t)len, f);
-    }
+    write_tiny_tokenizer(f, VOCAB);
     fclose(f);
     snprintf(tok_path, sizeof tok_path, "/tmp/storybot-fuzz-tok.bin");
     // a model whose weights are all 0.01

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "storybot.h"
+#include "tiny_tokenizer.h"
 
 enum { VOCAB = 300 };
 
@@ -33,24 +34,11 @@ static void check(int ok, const char *what, const char *detail) {
     }
 }
 
-/* The 3 specials, 256 byte tokens, a space, then two-letter merges. */
+/* The tiny tokenizer (tiny_tokenizer.h), in a file of this process's own. */
 static void write_tokenizer(void) {
     snprintf(tok_path, sizeof tok_path, "/tmp/storybot-engine-test-%d.tok", (int)getpid());
     FILE *f = fopen(tok_path, "wb");
-    int32_t max_len = 6;
-    fwrite(&max_len, 4, 1, f);
-    for (int i = 0; i < VOCAB; i++) {
-        char s[16];
-        if (i < 3) snprintf(s, sizeof s, "%s", i == 0 ? "<unk>" : i == 1 ? "<s>" : "</s>");
-        else if (i < 259) snprintf(s, sizeof s, "<0x%02X>", i - 3);
-        else if (i == 259) snprintf(s, sizeof s, " ");
-        else snprintf(s, sizeof s, "%c%c", 'a' + i % 26, 'a' + (i / 26) % 26);
-        float score = (float)-i;
-        int32_t len = (int32_t)strlen(s);
-        fwrite(&score, 4, 1, f);
-        fwrite(&len, 4, 1, f);
-        fwrite(s, 1, (size_t)len, f);
-    }
+    write_tiny_tokenizer(f, VOCAB);
     fclose(f);
 }
 
