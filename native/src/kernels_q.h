@@ -71,6 +71,15 @@ extern const sb_qkernel_choice sb_qkernels_x86[];
 extern const sb_qkernel_set sb_qkernels_rvv;
 int sb_qrvv_usable(void); // 32 int8 lanes in LMUL 2 (VLEN >= 128)
 #if defined(__riscv_xtheadvector)
+/* The block products in assembly (kernels_q_xt.c). */
+void sb_matvec_q8_0_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                       const void *w, const void *ws, int n, int d, int gs);
+void sb_matvec_q4_0_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                       const void *w, const void *ws, int n, int d, int gs);
+void sb_matvec_q5_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                     const void *w, const void *ws, int n, int d, int gs);
+void sb_matvec_q6_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                     const void *w, const void *ws, int n, int d, int gs);
 /* The fp16 KV kernels in XTheadVector's half conversions (kernels_rvv.c). */
 void sb_f16_store_xt(uint16_t *dst, const float *src, int n);
 void sb_f16_scores_xt(float *att, const float *q, const uint16_t *kt, int head_size,

@@ -1,6 +1,8 @@
 /* kernels_q_rvv.c: int8 kernels for RISC-V vectors. One source for RVV 1.0 (clang 16,
  * -march=rv64gcv) and XTheadVector / RVV 0.7.1 (GCC 14, -march=rv64gc_xtheadvector, the
  * Milk-V Duo's C906), through the standard __riscv_* intrinsics. Needs VLEN >= 128.
+ * On XTheadVector the block products are kernels_q_xt.c's assembly instead; the
+ * activations' quantization and the row-major (ak42) product stay here for both.
  *
  * Blocks (quant.c) hold one column of 32 rows contiguously, so 32 rows advance together,
  * one lane per row (e8m2 columns, e16m4 products, e32m8 sums) and no row needs a
@@ -60,233 +62,7 @@ static void quantize_q8_rvv(int8_t *xq, float *xs, int32_t *xsum, const float *x
 // ----------------------------------------------------------------------------
 // blocks
 
-#if defined(__riscv_xtheadvector)
-// ----------------------------------------------------------------------------
-// XTheadVector (C906): one block group in assembly. GCC 14 keeps the sums of the C
-// version below apart with register copies and extra vsetvli (0.7.1 forbids a widening
-// add to write over its own wide source, so the sums must alternate between two
-// register groups); written out, a group of 32 x 32 costs 132 instructions.
-// Registers: v24-v31 and v16-v23 the alternating int32 sums (e32m8), v8-v15 the loaded
-// columns, v0-v7 the int16 products; acc (32 floats, in memory) the block's sums.
-
-#define XT_CLOBBER "memory", "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", \
-    "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17", "v18", "v19", "v20", "v21", \
-    "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31"
-
-/* acc += float(int sums in v24) * ws * xs, the fp16 scales widened by vfwcvt */
-#define XT_SCALE_ADD                           \
-    "th.vsetvli zero, %[n32], e16, m4\n\t"     \
-    "th.vle.v v8, (%[ws])\n\t"                 \
-    "th.vfwcvt.f.f.v v16, v8\n\t"              \
-    "th.vsetvli zero, %[n32], e32, m8\n\t"     \
-    "th.vfcvt.f.x.v v24, v24\n\t"              \
-    "th.vfmul.vv v24, v24, v16\n\t"            \
-    "th.vle.v v16, (%[acc])\n\t"               \
-    "th.vfmacc.vf v16, %[xs], v24\n\t"         \
-    "th.vse.v v16, (%[acc])\n\t"
-
-/* Columns off..off+3 of 32 rows (128 bytes): two products of two columns each, added
- * into v24 by way of v16. */
-#define XT_Q8_QUAD(off)                              \
-    "th.vsetvli zero, %[n128], e8, m8\n\t"           \
-    "th.vle.v v8, (%[w])\n\t"                        \
-    "addi %[w], %[w], 128\n\t"                       \
-    "lb %[t0], " #off "(%[x])\n\t"                   \
-    "lb %[t1], " #off "+1(%[x])\n\t"                 \
-    "lb %[t2], " #off "+2(%[x])\n\t"                 \
-    "lb %[t3], " #off "+3(%[x])\n\t"                 \
-    "th.vsetvli zero, %[n32], e8, m2\n\t"            \
-    "th.vwmul.vx v0, v8, %[t0]\n\t"                  \
-    "th.vwmacc.vx v0, %[t1], v10\n\t"                \
-    "th.vwmul.vx v4, v12, %[t2]\n\t"                 \
-    "th.vwmacc.vx v4, %[t3], v14\n\t"                \
-    "th.vsetvli zero, %[n32], e16, m4\n\t"           \
-    "th.vwadd.wv v16, v24, v0\n\t"                   \
-    "th.vwadd.wv v24, v16, v4\n\t"
-
-static void q8_group_xthead(float *acc, const int8_t *w, const int8_t *x, const uint16_t *ws,
-                            float xs) {
-    long t0, t1, t2, t3;
-    __asm__ volatile(
-        "th.vsetvli zero, %[n32], e32, m8\n\t"
-        "th.vmv.v.i v24, 0\n\t"
-        XT_Q8_QUAD(0) XT_Q8_QUAD(4) XT_Q8_QUAD(8) XT_Q8_QUAD(12)
-        XT_Q8_QUAD(16) XT_Q8_QUAD(20) XT_Q8_QUAD(24) XT_Q8_QUAD(28)
-        XT_SCALE_ADD
-        : [w] "+r"(w), [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3)
-        : [x] "r"(x), [ws] "r"(ws), [acc] "r"(acc), [xs] "f"(xs), [n32] "r"(32L),
-          [n128] "r"(128L)
-        : XT_CLOBBER);
-}
-
-/* Columns off..off+3 (two bytes of pairs per row, 64 bytes): low nibbles in v12 (pair 0)
- * and v14 (pair 1), high nibbles in v8 and v10; products added into v0 (int16). */
-#define XT_Q4_QUAD(off)                              \
-    "th.vsetvli zero, %[n64], e8, m4\n\t"            \
-    "th.vle.v v8, (%[w])\n\t"                        \
-    "addi %[w], %[w], 64\n\t"                        \
-    "th.vand.vi v12, v8, 15\n\t"                     \
-    "th.vsrl.vi v8, v8, 4\n\t"                       \
-    "lb %[t0], " #off "(%[x])\n\t"                   \
-    "lb %[t1], " #off "+1(%[x])\n\t"                 \
-    "lb %[t2], " #off "+2(%[x])\n\t"                 \
-    "lb %[t3], " #off "+3(%[x])\n\t"                 \
-    "th.vsetvli zero, %[n32], e8, m2\n\t"            \
-    "th.vwmacc.vx v0, %[t0], v12\n\t"                \
-    "th.vwmacc.vx v0, %[t1], v8\n\t"                 \
-    "th.vwmacc.vx v0, %[t2], v14\n\t"                \
-    "th.vwmacc.vx v0, %[t3], v10\n\t"
-
-/* 16 columns into int16 (16 products of <= 15 * 127 fit), then added into the sums. */
-#define XT_Q4_HALF(off, from, to)                                           \
-    "th.vsetvli zero, %[n32], e16, m4\n\t"                                  \
-    "th.vmv.v.i v0, 0\n\t"                                                  \
-    XT_Q4_QUAD(off) XT_Q4_QUAD(off + 4) XT_Q4_QUAD(off + 8) XT_Q4_QUAD(off + 12) \
-    "th.vsetvli zero, %[n32], e16, m4\n\t"                                  \
-    "th.vwadd.wv " to ", " from ", v0\n\t"
-
-static void q4_group_xthead(float *acc, const uint8_t *w, const int8_t *x, const uint16_t *ws,
-                            float xs, int32_t start) {
-    long t0, t1, t2, t3;
-    __asm__ volatile(
-        "th.vsetvli zero, %[n32], e32, m8\n\t"
-        "th.vmv.v.x v24, %[start]\n\t"
-        XT_Q4_HALF(0, "v24", "v16") XT_Q4_HALF(16, "v16", "v24")
-        XT_SCALE_ADD
-        : [w] "+r"(w), [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3)
-        : [x] "r"(x), [ws] "r"(ws), [acc] "r"(acc), [xs] "f"(xs), [n32] "r"(32L),
-          [n64] "r"(64L), [n128] "r"(128L), [start] "r"((long)start)
-        : XT_CLOBBER);
-}
-
-static void matvec_q8_0_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
-                            const void *w, const void *wsv, int n, int d, int gs) {
-    const uint16_t *ws = wsv;
-    (void)xsum, (void)gs;
-    const int8_t *wq = w;
-    int ng = n / SB_QK;
-    for (int b = 0; b < d; b += SB_QK) {
-        float acc[SB_QK] = {0};
-        for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK, ws += SB_QK) {
-            q8_group_xthead(acc, wq, xq + g * SB_QK, ws, xs[g]);
-        }
-        memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
-    }
-}
-
-static void matvec_q4_0_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
-                            const void *w, const void *wsv, int n, int d, int gs) {
-    const uint16_t *ws = wsv;
-    (void)gs;
-    const uint8_t *wq = w;
-    int ng = n / SB_QK;
-    for (int b = 0; b < d; b += SB_QK) {
-        float acc[SB_QK] = {0};
-        for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK / 2, ws += SB_QK) {
-            // the nibbles hold q + 8: start from -8 * sum(x) instead of zero
-            q4_group_xthead(acc, wq, xq + g * SB_QK, ws, xs[g], -8 * xsum[g]);
-        }
-        memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
-    }
-}
-
-/* q5 / q6 (quant.c): four columns per step, their nibbles (one e8m8 load, masked or
- * shifted down) joined with their high bits (one e8m8 load, shifted to bits 4-5 and
- * masked), then four products into int16 (u <= 63: four products of <= 63 * 127 fit)
- * and one widening add. v0-v7 hold the high bits, then the products. */
-#define XT_HI_UNIT(hoff, hshift, noff, nop, xoff, from, to) \
-    "th.vsetvli zero, %[n128], e8, m8\n\t"                \
-    "addi %[t0], %[w], " #hoff "\n\t"                     \
-    "th.vle.v v0, (%[t0])\n\t"                            \
-    hshift                                                \
-    "th.vand.vx v0, v0, %[hmask]\n\t"                     \
-    "addi %[t0], %[w], " #noff "\n\t"                     \
-    "th.vle.v v8, (%[t0])\n\t"                            \
-    nop                                                   \
-    "th.vor.vv v8, v8, v0\n\t"                            \
-    "lb %[t0], " #xoff "(%[x])\n\t"                       \
-    "lb %[t1], " #xoff "+1(%[x])\n\t"                     \
-    "lb %[t2], " #xoff "+2(%[x])\n\t"                     \
-    "lb %[t3], " #xoff "+3(%[x])\n\t"                     \
-    "th.vsetvli zero, %[n32], e8, m2\n\t"                 \
-    "th.vwmul.vx v0, v8, %[t0]\n\t"                       \
-    "th.vwmacc.vx v0, %[t1], v10\n\t"                     \
-    "th.vwmacc.vx v0, %[t2], v12\n\t"                     \
-    "th.vwmacc.vx v0, %[t3], v14\n\t"                     \
-    "th.vsetvli zero, %[n32], e16, m4\n\t"                \
-    "th.vwadd.wv " to ", " from ", v0\n\t"
-
-#define XT_LO "th.vand.vi v8, v8, 15\n\t"
-#define XT_HI "th.vsrl.vi v8, v8, 4\n\t"
-#define XT_SLL(k) "th.vsll.vi v0, v0, " #k "\n\t"
-#define XT_SRL(k) "th.vsrl.vi v0, v0, " #k "\n\t"
-#define XT_HI_ARGS                                                                      \
-    : [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3)                    \
-    : [w] "r"(w), [x] "r"(x), [ws] "r"(ws), [acc] "r"(acc), [xs] "f"(xs), [n32] "r"(32L), \
-      [n128] "r"(128L), [start] "r"((long)start), [hmask] "r"(hmask)                    \
-    : XT_CLOBBER
-
-/* q6: column 8s + 4h + t has its nibble in byte 4h + t (s even) or 8 + 4h + t (s odd),
- * low (s < 2) or high, and its high bits in bits 2s, 2s + 1 of byte 16 + 4h + t. */
-static void q6_group_xthead(float *acc, const uint8_t *w, const int8_t *x, const uint16_t *ws,
-                            float xs, int32_t start) {
-    long t0, t1, t2, t3, hmask = 0x30;
-    __asm__ volatile(
-        "th.vsetvli zero, %[n32], e32, m8\n\t"
-        "th.vmv.v.x v24, %[start]\n\t"
-        XT_HI_UNIT(512, XT_SLL(4), 0, XT_LO, 0, "v24", "v16")
-        XT_HI_UNIT(640, XT_SLL(4), 128, XT_LO, 4, "v16", "v24")
-        XT_HI_UNIT(512, XT_SLL(2), 256, XT_LO, 8, "v24", "v16")
-        XT_HI_UNIT(640, XT_SLL(2), 384, XT_LO, 12, "v16", "v24")
-        XT_HI_UNIT(512, "", 0, XT_HI, 16, "v24", "v16")
-        XT_HI_UNIT(640, "", 128, XT_HI, 20, "v16", "v24")
-        XT_HI_UNIT(512, XT_SRL(2), 256, XT_HI, 24, "v24", "v16")
-        XT_HI_UNIT(640, XT_SRL(2), 384, XT_HI, 28, "v16", "v24")
-        XT_SCALE_ADD
-        XT_HI_ARGS);
-}
-
-/* q5: column 4c + t has its nibble in byte (4c + t) mod 16, low (c < 4) or high, and
- * its high bit in bit c of byte 16 + t. */
-static void q5_group_xthead(float *acc, const uint8_t *w, const int8_t *x, const uint16_t *ws,
-                            float xs, int32_t start) {
-    long t0, t1, t2, t3, hmask = 0x10;
-    __asm__ volatile(
-        "th.vsetvli zero, %[n32], e32, m8\n\t"
-        "th.vmv.v.x v24, %[start]\n\t"
-        XT_HI_UNIT(512, XT_SLL(4), 0, XT_LO, 0, "v24", "v16")
-        XT_HI_UNIT(512, XT_SLL(3), 128, XT_LO, 4, "v16", "v24")
-        XT_HI_UNIT(512, XT_SLL(2), 256, XT_LO, 8, "v24", "v16")
-        XT_HI_UNIT(512, XT_SLL(1), 384, XT_LO, 12, "v16", "v24")
-        XT_HI_UNIT(512, "", 0, XT_HI, 16, "v24", "v16")
-        XT_HI_UNIT(512, XT_SRL(1), 128, XT_HI, 20, "v16", "v24")
-        XT_HI_UNIT(512, XT_SRL(2), 256, XT_HI, 24, "v24", "v16")
-        XT_HI_UNIT(512, XT_SRL(3), 384, XT_HI, 28, "v16", "v24")
-        XT_SCALE_ADD
-        XT_HI_ARGS);
-}
-
-#define XT_QHI_MATVEC(bits)                                                                 \
-    static void matvec_q##bits##_rvv(float *out, const int8_t *xq, const float *xs,         \
-                                     const int32_t *xsum, const void *w, const void *wsv,   \
-                                     int n, int d, int gs) {                                \
-        (void)gs;                                                                           \
-        const uint8_t *wq = w;                                                              \
-        const uint16_t *ws = wsv;                                                           \
-        int ng = n / SB_QK;                                                                 \
-        for (int b = 0; b < d; b += SB_QK) {                                                \
-            float acc[SB_QK] = {0};                                                         \
-            for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK * bits / 8, ws += SB_QK) {     \
-                q##bits##_group_xthead(acc, wq, xq + g * SB_QK, ws, xs[g],                  \
-                                       -(1 << (bits - 1)) * xsum[g]);                       \
-            }                                                                               \
-            memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK)); \
-        }                                                                                   \
-    }
-XT_QHI_MATVEC(5)
-XT_QHI_MATVEC(6)
-
-#else /* RVV 1.0: intrinsics */
+#if !defined(__riscv_xtheadvector) /* XTheadVector: kernels_q_xt.c */
 
 /* fp16 scales (finite) -> float without Zvfh: the magnitude's bits moved into a
  * float's places are its value times 2^-112 (subnormal halves included), the sign
@@ -438,7 +214,7 @@ static void matvec_q6_rvv(float *out, const int8_t *xq, const float *xs, const i
     matvec_qhi_rvv(out, xq, xs, xsum, w, ws, n, d, 6);
 }
 
-#endif /* __riscv_xtheadvector */
+#endif /* !__riscv_xtheadvector */
 
 // ----------------------------------------------------------------------------
 // row-major int8 (llama2.c ak42): one reduction per row and group
@@ -472,17 +248,21 @@ const sb_qkernel_set sb_qkernels_rvv = {
     .name = "rvv",
 #endif
     .quantize_q8 = quantize_q8_rvv,
-    .matvec_q8_0 = matvec_q8_0_rvv,
-    .matvec_q4_0 = matvec_q4_0_rvv,
     .matvec_q8_rows = matvec_q8_rows_rvv,
-    .matvec_q5 = matvec_q5_rvv,
-    .matvec_q6 = matvec_q6_rvv,
 #if defined(__riscv_xtheadvector)
+    .matvec_q8_0 = sb_matvec_q8_0_xt,
+    .matvec_q4_0 = sb_matvec_q4_0_xt,
+    .matvec_q5 = sb_matvec_q5_xt,
+    .matvec_q6 = sb_matvec_q6_xt,
     .f16_vector = 1,
     .f16_store = sb_f16_store_xt,
     .f16_scores = sb_f16_scores_xt,
     .f16_mix = sb_f16_mix_xt,
 #else
+    .matvec_q8_0 = matvec_q8_0_rvv,
+    .matvec_q4_0 = matvec_q4_0_rvv,
+    .matvec_q5 = matvec_q5_rvv,
+    .matvec_q6 = matvec_q6_rvv,
     // the fp16 KV cache uses the portable conversions here (vector halves need Zvfh)
     .f16_store = sb_f16_store_generic,
     .f16_scores = sb_f16_scores_generic,

@@ -136,14 +136,17 @@ static int close_enough(const float *got, const double *want, int d) {
 // ----------------------------------------------------------------------------
 // tests
 
-static void test_products(const sb_qkernel_set *k, int n, int d, int gs, int mark) {
+/* extreme: every activation at +-127 once quantized, the largest products a layout
+ * holds, so that a set summing in int16 must widen as often as it can. */
+static void test_products(const sb_qkernel_set *k, int n, int d, int gs, int mark, int extreme) {
     float *x = malloc(sizeof(float) * n), *out = malloc(sizeof(float) * (d + 1));
     int8_t *xq = malloc(n), *gq = malloc(n);
     float *xs = malloc(sizeof(float) * n / SB_QK), *gxs = malloc(sizeof(float) * n / SB_QK);
     int32_t *xsum = malloc(sizeof(int32_t) * n / SB_QK), *gsum = malloc(sizeof(int32_t) * n / SB_QK);
     double *want = malloc(sizeof(double) * d);
     for (int i = 0; i < n; i++) x[i] = (float)rand_int(-100000, 100000) * 1e-5f;
-    for (int i = 0; i < 4 && i < n; i++) x[i] = 0.0f; // an all-zero start of a group
+    for (int i = 0; i < n && extreme; i++) x[i] = rand_int(0, 1) ? 1.0f : -1.0f;
+    for (int i = 0; i < 4 && i < n && !extreme; i++) x[i] = 0.0f; // an all-zero start of a group
     k->quantize_q8(xq, xs, xsum, x, n);
     sb_qkernels_generic.quantize_q8(gq, gxs, gsum, x, n);
     check(!memcmp(xq, gq, n) && !memcmp(xs, gxs, sizeof(float) * n / SB_QK)
@@ -246,7 +249,8 @@ int main(void) {
     for (int s = 0; s < nsets; s++) {
         for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
             int mark = s == nsets - 1 && shapes[i][0] == 768;
-            test_products(sets[s], shapes[i][0], shapes[i][1], shapes[i][2], mark);
+            test_products(sets[s], shapes[i][0], shapes[i][1], shapes[i][2], mark, 0);
+            test_products(sets[s], shapes[i][0], shapes[i][1], shapes[i][2], 0, 1);
         }
         test_f16(sets[s]);
     }
