@@ -207,38 +207,46 @@ static void q4_block(float *acc, const uint8_t *w, const uint16_t *ws, const int
 #define HI_LOAD(hrow)                                                   \
     "addi %[t2], %[w], 512 + 32 * (" #hrow ")\n\t"                        \
     "th.vle.v v4, (%[t2])\n\t"
-// lo_shift > 0 shifts H left, hi_shift > 0 right; 0: no shift
-#define HI_JOIN(row, lo_shift, hi_shift)                                \
+// H shifted left by lo_shift for column p, right by hi_shift (HI_JOIN) or not at all
+// (HI_JOIN0) for column p + 16
+#define HI_LO(row, lo_shift)                                            \
     "addi %[t2], %[w], 32 * (" #row ")\n\t"                               \
     "th.vle.v v6, (%[t2])\n\t"                                          \
     "th.vand.vi v8, v6, 15\n\t"                                         \
     "th.vsll.vi v12, v4, " #lo_shift "\n\t"                             \
     "th.vand.vx v12, v12, %[hmask]\n\t"                                 \
     "th.vor.vv v8, v8, v12\n\t"                                         \
-    "th.vsrl.vi v10, v6, 4\n\t"                                         \
+    "th.vsrl.vi v10, v6, 4\n\t"
+#define HI_JOIN(row, lo_shift, hi_shift)                                \
+    HI_LO(row, lo_shift)                                                \
     "th.vsrl.vi v12, v4, " #hi_shift "\n\t"                             \
     "th.vand.vx v12, v12, %[hmask]\n\t"                                 \
+    "th.vor.vv v10, v10, v12\n\t"
+#define HI_JOIN0(row, lo_shift)                                         \
+    HI_LO(row, lo_shift)                                                \
+    "th.vand.vx v12, v4, %[hmask]\n\t"                                  \
     "th.vor.vv v10, v10, v12\n\t"
 
 /* q5: column 4c + t has its high bit in bit c of high-bit row t: nibble row 4s + t
  * (columns 4s + t, 4s + t + 16) takes bits s and s + 4. Unit (t, s = 0 or 2) is rows
  * 4s + t and 4s + 4 + t. */
-#define Q5_UNIT(k, t, s, first)                                                         \
-    HI_JOIN(4 * s + t, 4 - s, s) first                                                  \
+#define Q5_UNIT(k, t, s, first, join)                                                   \
+    join first                                                                          \
     XT_MACC("v10", 4 * s + t + 16)                                                      \
     HI_JOIN(4 * s + 4 + t, 3 - s, s + 1)                                                \
     XT_MACC("v8", 4 * s + 4 + t) XT_MACC("v10", 4 * s + 4 + t + 16)
 #define Q5_T(t)                                                                         \
     HI_LOAD(t)                                                                          \
-    Q5_UNIT(2 * t, t, 0, XT_FIRST(2 * t, "v8", t))                                      \
-    Q5_UNIT(2 * t + 1, t, 2, XT_FIRST(2 * t + 1, "v8", 8 + t))
+    Q5_UNIT(2 * t, t, 0, XT_FIRST(2 * t, "v8", t), HI_JOIN0(t, 4))                      \
+    Q5_UNIT(2 * t + 1, t, 2, XT_FIRST(2 * t + 1, "v8", 8 + t), HI_JOIN(8 + t, 2, 2))
 
 static void q5_block(float *acc, const uint8_t *w, const uint16_t *ws, const int8_t *x,
                      const float *xs, const uint16_t *plan, const int32_t *start, long groups) {
     long pl, t0, t1, t2, hmask = 0x10;
     float fxs;
-    XT_BLOCK_ASM(HI_LOAD(0) Q5_UNIT(0, 0, 0, XT_FIRST0("v8", 0))
-                 Q5_UNIT(1, 0, 2, XT_FIRST(1, "v8", 8)) Q5_T(1) Q5_T(2) Q5_T(3),
+    XT_BLOCK_ASM(HI_LOAD(0) Q5_UNIT(0, 0, 0, XT_FIRST0("v8", 0), HI_JOIN0(0, 4))
+                 Q5_UNIT(1, 0, 2, XT_FIRST(1, "v8", 8), HI_JOIN(8, 2, 2)) Q5_T(1) Q5_T(2)
+                 Q5_T(3),
                  640);
 }
 
@@ -246,7 +254,7 @@ static void q5_block(float *acc, const uint8_t *w, const uint16_t *ws, const int
  * i (columns i, i + 16) takes bits 0-1 and 4-5, row i + 8 (columns i + 8, i + 24) bits
  * 2-3 and 6-7. Unit i is rows i and i + 8. */
 #define Q6_UNIT(i, first)                                                               \
-    HI_LOAD(i) HI_JOIN(i, 4, 0) first XT_MACC("v10", i + 16)                            \
+    HI_LOAD(i) HI_JOIN0(i, 4) first XT_MACC("v10", i + 16)                            \
     HI_JOIN(i + 8, 2, 2) XT_MACC("v8", i + 8) XT_MACC("v10", i + 24)
 
 static void q6_block(float *acc, const uint8_t *w, const uint16_t *ws, const int8_t *x,
