@@ -84,3 +84,23 @@ def test_c906_table_counts_baselines_beside_storybot(riscv_env, tokenizer_path, 
     # the same story with and without vectors: the vector build runs fewer instructions
     assert rows[0].insns_per_token < rows[2].insns_per_token
     assert "| storybot-run | m.bin | greedy |" in bench.c906_table(rows)
+
+
+def test_c906_profile_splits_a_token_into_its_parts(riscv_env, tokenizer_path, tmp_path,
+                                                    monkeypatch):
+    """`storybot bench --riscv-profile` splits the C906 cycles of a generated token into
+    products, classifier, attention, sampling and the rest, which add up to the total."""
+    from modelgen import Header, write_model
+
+    from robot.dev import c906profile
+
+    model = write_model(tmp_path / "m.bin", Header(dim=64, hidden_dim=96, n_layers=2,
+                                                   n_heads=4, n_kv_heads=2, seq_len=64), seed=1)
+    monkeypatch.setattr(bench, "RISCV_STEPS", (12, 20))
+    [row] = c906profile.profile_models([model], tokenizer_path)
+    parts = [row[c] for c in c906profile.COLUMNS[:-1]]
+    assert all(p > 0 for p in parts), row
+    assert sum(parts) == pytest.approx(row["total"])
+    # the classifier (32000 x 64) outweighs the two layers' products (70k weights)
+    assert row["classifier"] > 10 * row["products"]
+    assert "| m.bin | " in c906profile.profile_table([row])

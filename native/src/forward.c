@@ -224,13 +224,15 @@ static void matvec_part(void *arg, int index, int count) {
 }
 
 void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w) {
+    SB_REGION(22);
     if (w->type != SB_F32 && w->type != SB_F32_ROWS) sb_quantize_input(m, &s->qx, x, w->cols);
     if (!s->pool) {
         matvec_rows(m, &s->qx, out, x, w, 0, w->rows);
-        return;
+    } else {
+        matvec_job job = {m, &s->qx, out, x, w};
+        sb_pool_run(s->pool, matvec_part, &job);
     }
-    matvec_job job = {m, &s->qx, out, x, w};
-    sb_pool_run(s->pool, matvec_part, &job);
+    SB_REGION(23);
 }
 
 void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_logits) {
@@ -248,7 +250,9 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
         sb_matvec(m, s, s->v, s->xb, &m->wv[l]);
         rope(s->q, dim, hs, s->rope_cos, s->rope_sin);
         rope(s->k, kvd, hs, s->rope_cos, s->rope_sin);
+        SB_REGION(24);
         attend_layer(m, s, l, pos);
+        SB_REGION(25);
 
         sb_matvec(m, s, s->xb2, s->xb, &m->wo[l]);
         for (int i = 0; i < dim; i++) x[i] += s->xb2[i];
@@ -271,5 +275,7 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
 
     if (!want_logits) return;
     rmsnorm(x, x, m->rms_final, dim);
+    SB_REGION(20);
     sb_matvec(m, s, s->logits, x, &m->wcls);
+    SB_REGION(21);
 }

@@ -270,7 +270,10 @@ sb_status sb_next(sb_context *ctx, sb_token *out) {
     } else {
         sb_status s = check_logits(ctx, pos);
         if (s != SB_OK) return s;
-        if ((next = sb_sample(&ctx->sampler, ctx->state.logits)) < 0) {
+        SB_REGION(26);
+        next = sb_sample(&ctx->sampler, ctx->state.logits);
+        SB_REGION(27);
+        if (next < 0) {
             return sb_fail(ctx->err, SB_ERR_NUMERIC, "temperature %g leaves no finite "
                            "distribution at position %d (the logits overflow)",
                            (double)ctx->sampler.temperature, pos);

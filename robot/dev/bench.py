@@ -96,9 +96,12 @@ class Result:
 
 # ---------------------------------------------------------------------------- running
 
-def make(target_dir: str, cc: Optional[str] = None) -> Path:
-    """Builds storybot-bench and storybot-run into native/<target_dir>."""
+def make(target_dir: str, cc: Optional[str] = None, defines: str = "") -> Path:
+    """Builds storybot-bench and storybot-run into native/<target_dir>, with `defines`
+    (e.g. "-DSB_PROFILE") added to the compiler's flags."""
     args = ["make", "-s", "-C", str(NATIVE), f"BUILD={target_dir}", "OPT=-O3"]
+    if defines:
+        args.append(f"CFLAGS=-O3 -g {defines}")
     if cc:
         args += [f"CC={cc}", "AR=riscv64-linux-gnu-ar"]
     args += [f"{target_dir}/storybot-bench", f"{target_dir}/storybot-run"]
@@ -391,6 +394,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"\nC906 (qemu insncount), per generated token over positions "
               f"{RISCV_STEPS[0]}-{RISCV_STEPS[1] - 1}, seed {RISCV_SEED}:")
         print(c906_table(c906))
+    profile = []
+    if args.riscv_profile:
+        from .c906profile import profile_table, profile_models
+
+        profile = profile_models(model_paths, tok)
+        print("\nWhere the C906 cycles of a sampled token go (est. cycles, same positions):")
+        print(profile_table(profile))
     tell = []
     if args.tell:
         from .tellbench import run_tell_bench, tell_bench_table
@@ -402,6 +412,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"builds": [asdict(r) for r in results],
                                                "c906": [asdict(r) for r in c906],
+                                               "c906_profile": profile,
                                                "tell": tell}, indent=1))
     if args.plot:
         plot(results, Path(args.plot))
@@ -429,6 +440,9 @@ def register(sub) -> None:
                         "model, counted beside storybot in the C906 table (repeat)")
     p.add_argument("--riscv-only", action="store_true",
                    help="with --riscv: only the riscv64 counts (no host timing)")
+    p.add_argument("--riscv-profile", action="store_true",
+                   help="with --riscv: also split each model's C906 cycles per token into "
+                        "products, classifier, attention, sampling and the rest")
     p.add_argument("--riscv-steps", type=int, default=16,
                    help="positions emulated per riscv64 build (default: %(default)s)")
     p.add_argument("--tell", action="store_true",
