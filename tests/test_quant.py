@@ -257,14 +257,18 @@ def test_fixed_seed_is_deterministic(real, tokenizer_path):
     assert all(r == runs[0] for r in runs)
 
 
-def test_generic_and_tuned_kernels_agree(real, tokenizer_path):
-    text = "Once upon a time, there was a little dog named Max. Max liked to run in the park."
+@pytest.mark.parametrize("kv_fp16", [False, True])
+def test_generic_and_tuned_kernels_agree(real, tokenizer_path, kv_fp16):
+    text = Path(REPO.parent / "shared" / "eval" / "stories15M_samples.txt").read_text()
+    story = text.split("<|story|>")[1].strip()
     scores = []
     for kernels in ("generic", "auto"):
-        with Engine(real["q8_0"], tokenizer_path, Params(kernels=kernels)) as e:
-            scores.append(np.array(e.score(e.tokenize(text))))
-    # the products agree to rounding; a rounding can flip an activation's int8 step, so
-    # compare the mean, not every token
+        # the same KV cache for both (by default it depends on the set's half conversions)
+        with Engine(real["q8_0"], tokenizer_path, Params(kernels=kernels, kv_fp16=kv_fp16)) as e:
+            scores.append(np.array(e.score(e.tokenize(story)[:256])))
+    # the products agree to rounding (softmax and SwiGLU are the same bits in every set);
+    # a rounding can flip an activation's int8 step and move one token's score by 0.1, so
+    # compare the mean over a story (~200 tokens; 20 left it at 0.011), not every token
     assert abs(scores[0].mean() - scores[1].mean()) < 0.01
 
 

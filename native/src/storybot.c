@@ -159,6 +159,7 @@ sb_status sb_open(const char *model_path, const char *tokenizer_path, const sb_p
             && (s = sb_tokenizer_load(&ctx->tokenizer, tokenizer_path, m->cfg.vocab_size,
                                       msg)) == SB_OK
             && (s = sb_sampler_init(&ctx->sampler, m->cfg.vocab_size, k,
+                                    sb_exact(m, kv_half(params, m, qk)),
                                     limit - m->packed_bytes, msg)) == SB_OK
             && (s = sb_state_init(&ctx->state, &m->cfg, params->n_threads,
                                   kv_half(params, m, qk) ? qk : NULL,
