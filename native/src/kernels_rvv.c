@@ -95,33 +95,45 @@ void sb_f16_store_xt(uint16_t *dst, const float *src, int n) {
     }
 }
 
-/* out[lane] = sum over `count` steps of f[j] * half(h[lane + j * step]), j = 0.. */
+/* out[lane] = sum over `count` steps of f[j] * half(h[lane + j * step]), j = 0..; at
+ * most 32 lanes (e32m8), or 16 at half the cost (e32m4: the C906 takes as long for a
+ * vector whatever vl, so a short tail, as a head of 48 leaves, goes to the smaller one). */
+#define F16_DOT_LANES(name, lmul16, lmul32)                                                  \
+    static size_t name(float *out, const float *f, const uint16_t *h, size_t step,          \
+                       size_t count, size_t lanes) {                                        \
+        size_t vl;                                                                           \
+        float fj;                                                                            \
+        __asm__ volatile("th.vsetvli %[vl], %[lanes], e32, " lmul32 "\n\t"                   \
+                         "th.vmv.v.i v24, 0\n\t"                                             \
+                         "beqz %[count], 2f\n"                                               \
+                         "1:\n\t"                                                            \
+                         "flw %[fj], 0(%[f])\n\t"                                            \
+                         "th.vsetvli zero, %[vl], e16, " lmul16 "\n\t"                       \
+                         "th.vle.v v0, (%[h])\n\t"                                           \
+                         "th.vfwcvt.f.f.v v8, v0\n\t"                                        \
+                         "th.vsetvli zero, %[vl], e32, " lmul32 "\n\t"                       \
+                         "th.vfmul.vf v8, v8, %[fj]\n\t"                                     \
+                         "th.vfadd.vv v24, v24, v8\n\t"                                      \
+                         "addi %[f], %[f], 4\n\t"                                            \
+                         "add %[h], %[h], %[step]\n\t"                                       \
+                         "addi %[count], %[count], -1\n\t"                                   \
+                         "bnez %[count], 1b\n"                                               \
+                         "2:\n\t"                                                            \
+                         "th.vse.v v24, (%[out])\n\t"                                        \
+                         : [vl] "=&r"(vl), [fj] "=&f"(fj), [f] "+r"(f), [h] "+r"(h),        \
+                           [count] "+r"(count)                                               \
+                         : [lanes] "r"(lanes), [step] "r"(step * sizeof(uint16_t)),         \
+                           [out] "r"(out)                                                    \
+                         : F16_CLOBBER);                                                     \
+        return vl;                                                                           \
+    }
+F16_DOT_LANES(f16_dot_m8, "m4", "m8")
+F16_DOT_LANES(f16_dot_m4, "m2", "m4")
+
 static size_t f16_dot_lanes(float *out, const float *f, const uint16_t *h, size_t step,
                             size_t count, size_t lanes) {
-    size_t vl;
-    float fj;
-    __asm__ volatile("th.vsetvli %[vl], %[lanes], e32, m8\n\t"
-                     "th.vmv.v.i v24, 0\n\t"
-                     "beqz %[count], 2f\n"
-                     "1:\n\t"
-                     "flw %[fj], 0(%[f])\n\t"
-                     "th.vsetvli zero, %[vl], e16, m4\n\t"
-                     "th.vle.v v0, (%[h])\n\t"
-                     "th.vfwcvt.f.f.v v8, v0\n\t"
-                     "th.vsetvli zero, %[vl], e32, m8\n\t"
-                     "th.vfmul.vf v8, v8, %[fj]\n\t"
-                     "th.vfadd.vv v24, v24, v8\n\t"
-                     "addi %[f], %[f], 4\n\t"
-                     "add %[h], %[h], %[step]\n\t"
-                     "addi %[count], %[count], -1\n\t"
-                     "bnez %[count], 1b\n"
-                     "2:\n\t"
-                     "th.vse.v v24, (%[out])\n\t"
-                     : [vl] "=&r"(vl), [fj] "=&f"(fj), [f] "+r"(f), [h] "+r"(h),
-                       [count] "+r"(count)
-                     : [lanes] "r"(lanes), [step] "r"(step * sizeof(uint16_t)), [out] "r"(out)
-                     : F16_CLOBBER);
-    return vl;
+    if (lanes <= __riscv_vsetvlmax_e32m4()) return f16_dot_m4(out, f, h, step, count, lanes);
+    return f16_dot_m8(out, f, h, step, count, lanes);
 }
 
 void sb_f16_scores_xt(float *att, const float *q, const uint16_t *kt, int head_size,
