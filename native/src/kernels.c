@@ -53,9 +53,9 @@ static float exp_sum_generic(float *y, const float *x, int n, float max, float s
     return sb_fast_sum_tree(s);
 }
 
-static int select_ge_generic(int *idx, const float *x, int n, float threshold) {
+static int select_ge_generic(int *idx, const float *x, int n, float threshold, int cap) {
     int k = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n && k < cap; i++) {
         if (x[i] >= threshold) idx[k++] = i;
     }
     return k;

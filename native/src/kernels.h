@@ -38,8 +38,9 @@ typedef struct {
     /* y[i] = exp((x[i] - max) * scale) (n,) for max >= every x[i], scale > 0; returns
      * their sum (y may be x). */
     float (*exp_sum)(float *y, const float *x, int n, float max, float scale);
-    /* idx gets, in ascending order, each i with x[i] >= threshold; returns how many. */
-    int (*select_ge)(int *idx, const float *x, int n, float threshold);
+    /* idx gets, in ascending order, each i with x[i] >= threshold, the first cap of them
+     * (cap >= 1); returns how many. */
+    int (*select_ge)(int *idx, const float *x, int n, float threshold, int cap);
     /* h[i] = h[i] * sigmoid(h[i]) * g[i] (n,): the SwiGLU gate, sb_fswiglu. */
     void (*swiglu)(float *h, const float *g, int n);
 } sb_kernel_set;

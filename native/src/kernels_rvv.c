@@ -222,7 +222,7 @@ static float exp_sum_rvv(float *y, const float *x, int n, float max, float scale
     return sb_fast_sum_tree(s);
 }
 
-static int select_ge_rvv(int *idx, const float *x, int n, float threshold) {
+static int select_ge_rvv(int *idx, const float *x, int n, float threshold, int cap) {
     int k = 0;
     for (int i = 0; i < n;) {
         size_t vl = __riscv_vsetvl_e32m8((size_t)(n - i));
@@ -230,6 +230,7 @@ static int select_ge_rvv(int *idx, const float *x, int n, float threshold) {
         // few vectors hold any, and few each: one vfirst per index, then it is cleared
         for (long f; (f = __riscv_vfirst_m_b4(ge, vl)) >= 0;) {
             idx[k++] = i + (int)f;
+            if (k == cap) return k;
             ge = __riscv_vmxor_mm_b4(ge, __riscv_vmsof_m_b4(ge, vl), vl);
         }
         i += (int)vl;

@@ -258,15 +258,15 @@ static float exp_sum_avx2(float *y, const float *x, int n, float max, float scal
 }
 
 __attribute__((target("avx2,fma")))
-static int select_ge_avx2(int *idx, const float *x, int n, float threshold) {
+static int select_ge_avx2(int *idx, const float *x, int n, float threshold, int cap) {
     __m256 t = _mm256_set1_ps(threshold);
     int k = 0, i = 0;
-    for (; i + 8 <= n; i += 8) {
+    for (; i + 8 <= n && k < cap; i += 8) {
         unsigned bits = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), t,
                                                                    _CMP_GE_OQ));
-        for (; bits; bits &= bits - 1) idx[k++] = i + __builtin_ctz(bits);
+        for (; bits && k < cap; bits &= bits - 1) idx[k++] = i + __builtin_ctz(bits);
     }
-    for (; i < n; i++) {
+    for (; i < n && k < cap; i++) {
         if (x[i] >= threshold) idx[k++] = i;
     }
     return k;

@@ -124,6 +124,13 @@ static void test_fast(const sb_kernel_set *k, int n) {
     }
     float mw = g->max_n(x, n), mg = k->max_n(x, n);
     check(memcmp(&mw, &mg, sizeof mw) == 0, "max_n", k->name, n, 0);
+    // greedy decoding's argmax: the first of two equal largest values, as the reference's
+    x[n - 1] = x[n / 3] = 100.0f;
+    int first = -1;
+    k->select_ge(&first, x, n, k->max_n(x, n), 1);
+    check(first == n / 3, "argmax by max_n and select_ge", k->name, n, first);
+    x[n - 1] = x[n / 3] = 0.0f;
+    mw = g->max_n(x, n);
     static const float scales[] = {1.0f, 1.0f / 0.7f, 0.125f};
     for (int s = 0; s < 3; s++) {
         got[n] = 12345.0f;
@@ -136,9 +143,13 @@ static void test_fast(const sb_kernel_set *k, int n) {
               "exp_sum in place", k->name, n, s);
     }
     float threshold = want[n / 2]; // an exp of the last scale: some above, some below
-    int cw = g->select_ge(iw, want, n, threshold), cg = k->select_ge(ig, want, n, threshold);
-    check(cw == cg && memcmp(iw, ig, sizeof(int) * cw) == 0 && cw > 0, "select_ge", k->name, n,
-          cw);
+    static const int caps[] = {1, 3, 1 << 30};
+    for (int c = 0; c < 3; c++) {
+        int cap = caps[c], cw = g->select_ge(iw, want, n, threshold, cap);
+        int cg = k->select_ge(ig, want, n, threshold, cap);
+        check(cw == cg && memcmp(iw, ig, sizeof(int) * cw) == 0 && cw > 0 && cw <= cap,
+              "select_ge", k->name, n, cap);
+    }
     memcpy(want, h, sizeof(float) * n);
     memcpy(got, h, sizeof(float) * n);
     g->swiglu(want, gate, n);
