@@ -61,6 +61,13 @@ static int select_ge_generic(int *idx, const float *x, int n, float threshold, i
     return k;
 }
 
+static int finite_n_generic(const float *x, int n) {
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(x[i])) return 0;
+    }
+    return 1;
+}
+
 static void swiglu_generic(float *h, const float *g, int n) {
     for (int i = 0; i < n; i++) h[i] = sb_fswiglu(h[i], g[i]);
 }
@@ -80,6 +87,7 @@ const sb_kernel_set sb_kernels_generic = {
     .exp_sum = exp_sum_generic,
     .select_ge = select_ge_generic,
     .swiglu = swiglu_generic,
+    .finite_n = finite_n_generic,
 };
 
 void sb_pack_rows_f32(float *dst, const float *src, int rows, int cols, int block) {

@@ -43,6 +43,8 @@ typedef struct {
     int (*select_ge)(int *idx, const float *x, int n, float threshold, int cap);
     /* h[i] = h[i] * sigmoid(h[i]) * g[i] (n,): the SwiGLU gate, sb_fswiglu. */
     void (*swiglu)(float *h, const float *g, int n);
+    /* 1 if every x[i] (n,) is finite, else 0: exact in every set, so every model uses it. */
+    int (*finite_n)(const float *x, int n);
 } sb_kernel_set;
 
 #define SB_FAST_LANES 16

@@ -238,6 +238,25 @@ static int select_ge_rvv(int *idx, const float *x, int n, float threshold, int c
     return k;
 }
 
+/* 0 * x is 0 for a finite x and NaN for Inf or NaN: summed up, NaN stays. Whole vectors
+ * and the tail apart (XTheadVector zeroes the lanes past vl of what it writes). */
+static int finite_n_rvv(const float *x, int n) {
+    size_t vl = __riscv_vsetvlmax_e32m8();
+    vfloat32m8_t acc = __riscv_vfmv_v_f_f32m8(0.0f, vl);
+    int i = 0;
+    for (; n - i >= (int)vl; i += (int)vl) {
+        acc = __riscv_vfmacc_vf_f32m8(acc, 0.0f, __riscv_vle32_v_f32m8(x + i, vl), vl);
+    }
+    vfloat32m1_t s = __riscv_vfmv_s_f_f32m1(0.0f, 1);
+    s = __riscv_vfredusum_vs_f32m8_f32m1(acc, s, vl);
+    if (i < n) {
+        size_t tail = __riscv_vsetvl_e32m8((size_t)(n - i));
+        vfloat32m8_t zeros = __riscv_vfmul_vf_f32m8(__riscv_vle32_v_f32m8(x + i, tail), 0.0f, tail);
+        s = __riscv_vfredusum_vs_f32m8_f32m1(zeros, s, tail);
+    }
+    return __riscv_vfmv_f_s_f32m1_f32(s) == 0.0f;
+}
+
 static void swiglu_rvv(float *h, const float *g, int n) {
     for (size_t vl; n > 0; n -= (int)vl, h += vl, g += vl) {
         vl = __riscv_vsetvl_e32m4((size_t)n);
@@ -269,5 +288,6 @@ const sb_kernel_set sb_kernels_rvv = {
     .exp_sum = exp_sum_rvv,
     .select_ge = select_ge_rvv,
     .swiglu = swiglu_rvv,
+    .finite_n = finite_n_rvv,
 };
 #endif

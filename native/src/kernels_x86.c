@@ -272,6 +272,25 @@ static int select_ge_avx2(int *idx, const float *x, int n, float threshold, int 
     return k;
 }
 
+/* 0 * x is 0 for a finite x and NaN for Inf or NaN: summed up, NaN stays. */
+__attribute__((target("avx2,fma")))
+static int finite_n_avx2(const float *x, int n) {
+    __m256 acc = _mm256_setzero_ps(), zero = acc;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(x + i), zero));
+    }
+    float s[8];
+    _mm256_storeu_ps(s, acc);
+    for (int j = 0; j < 8; j++) {
+        if (s[j] != 0.0f) return 0;
+    }
+    for (; i < n; i++) {
+        if (!isfinite(x[i])) return 0;
+    }
+    return 1;
+}
+
 /* sb_fswiglu in 8 lanes */
 __attribute__((target("avx2,fma")))
 static __m256 swiglu8(__m256 h, __m256 g) {
@@ -313,6 +332,7 @@ const sb_kernel_set sb_kernels_avx512 = {
     .exp_sum = exp_sum_avx2,
     .select_ge = select_ge_avx2,
     .swiglu = swiglu_avx2,
+    .finite_n = finite_n_avx2,
 };
 
 const sb_kernel_set sb_kernels_avx2 = {
@@ -326,5 +346,6 @@ const sb_kernel_set sb_kernels_avx2 = {
     .exp_sum = exp_sum_avx2,
     .select_ge = select_ge_avx2,
     .swiglu = swiglu_avx2,
+    .finite_n = finite_n_avx2,
 };
 #endif

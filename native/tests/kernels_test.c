@@ -124,6 +124,15 @@ static void test_fast(const sb_kernel_set *k, int n) {
     }
     float mw = g->max_n(x, n), mg = k->max_n(x, n);
     check(memcmp(&mw, &mg, sizeof mw) == 0, "max_n", k->name, n, 0);
+    // finite, then Inf or NaN anywhere (vector or tail)
+    int finite = k->finite_n(x, n);
+    for (int bad = 0; bad < 3; bad++) {
+        float keep = x[(n - 1) * bad / 2];
+        x[(n - 1) * bad / 2] = bad == 1 ? NAN : bad ? -INFINITY : INFINITY;
+        finite += k->finite_n(x, n) ? 10 : 0;
+        x[(n - 1) * bad / 2] = keep;
+    }
+    check(finite == 1, "finite_n", k->name, n, finite);
     // greedy decoding's argmax: the first of two equal largest values, as the reference's
     x[n - 1] = x[n / 3] = 100.0f;
     int first = -1;
