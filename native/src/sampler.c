@@ -77,8 +77,8 @@ void sb_softmax(const sb_kernel_set *k, float *x, int n) {
 }
 
 /* The first index of the largest logit, the one the reference's scan keeps: vectors find
- * the same one for every model (the logits are finite here), at a third of the scan's
- * C906 cycles. */
+ * the same one for every model (the logits are finite here), for a quarter of the scan's
+ * C906 cycles (0.19M -> 0.05M per token). */
 static int argmax(const sb_kernel_set *k, const float *p, int n) {
     int best = 0;
     k->select_ge(&best, p, n, k->max_n(p, n), 1);
@@ -153,9 +153,9 @@ static int collect(sb_sampler *s, const float *e, float sum, int n, float cutoff
     int n0 = 0;
     if (!s->exact) {
         /* The fast kernels find them by comparing vectors. Their indices go to the upper
-         * half of the candidates' memory, read as ints: candidate k, written after index
-         * k is read, covers ints 2k and 2k + 1, below every index still unread (n + k + 1
-         * and up), so no scratch of its own is needed. */
+         * half of the candidates' memory, read as ints: the candidate written for index j
+         * (number j at most) covers ints up to 2j + 1, below every index still unread
+         * (n + j + 1 and up), so no scratch of its own is needed. */
         int *idx = (int *)c + n;
         int m = s->kernels->select_ge(idx, e, n, below, n);
         for (int j = 0; j < m; j++) add_candidate(c, &n0, idx[j], e[idx[j]], sum, cutoff);
