@@ -6,6 +6,9 @@
  * (read as streams), the keys transposed in tiles so that scores are computed for many
  * positions at once; RoPE's sines and cosines are computed once per position instead of
  * once per layer; and the classifier is skipped for prompt positions.
+ *
+ * A run that need not be exact (sb_exact: quantized weights or a half KV cache) takes
+ * the fast kernels for the attention's softmax and the SwiGLU gate instead.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -108,25 +111,37 @@ static void rope(float *vec, int n, int head_size, const float *fcr, const float
     }
 }
 
-static void softmax_scores(const sb_kernel_set *k, float *att, int head_size, int n) {
+/* att (n,) -> softmax(att / sqrt(head_size)); returns the factor the mix of the values
+ * still needs: exact, the reference's steps and 1; fast, unnormalized exps and 1 / their
+ * sum, applied to the head_size outputs rather than the n weights. */
+static float softmax_scores(const sb_kernel_set *k, int exact, float *att, int head_size,
+                            int n) {
     float scale = sqrtf((float)head_size);
+    if (!exact) return 1.0f / k->exp_sum(att, att, n, k->max_n(att, n), 1.0f / scale);
     for (int t = 0; t < n; t++) att[t] /= scale;
     sb_softmax(k, att, n);
+    return 1.0f;
+}
+
+static void normalize(float *out, int head_size, float factor) {
+    if (factor == 1.0f) return;
+    for (int i = 0; i < head_size; i++) out[i] *= factor;
 }
 
 /* One head's attention over positions [0, n): keys and values are this head's slices
  * of the caches (see sb_state); the scores are computed tile by tile. */
-static void attend(const sb_kernel_set *k, float *out, const float *q, float *att,
+static void attend(const sb_kernel_set *k, int exact, float *out, const float *q, float *att,
                    const float *keys, const float *vals, int head_size, int n) {
     for (int t = 0; t < n; t += SB_KV_TILE) {
         k->attn_scores_f32(att + t, q, keys + (size_t)t * head_size, head_size, SB_KV_TILE,
                            n - t < SB_KV_TILE ? n - t : SB_KV_TILE);
     }
-    softmax_scores(k, att, head_size, n);
+    float factor = softmax_scores(k, exact, att, head_size, n);
     k->attn_mix_f32(out, att, vals, head_size, head_size, n);
+    normalize(out, head_size, factor);
 }
 
-/* The same with kv_fp16: the kernels convert the half caches on the fly. */
+/* The same with kv_fp16 (never exact): the kernels convert the half caches on the fly. */
 static void attend_f16(const sb_kernel_set *fk, const sb_qkernel_set *k, float *out,
                        const float *q, float *att, const uint16_t *keys,
                        const uint16_t *vals, int head_size, int n) {
@@ -134,8 +149,9 @@ static void attend_f16(const sb_kernel_set *fk, const sb_qkernel_set *k, float *
         k->f16_scores(att + t, q, keys + (size_t)t * head_size, head_size, SB_KV_TILE,
                       n - t < SB_KV_TILE ? n - t : SB_KV_TILE);
     }
-    softmax_scores(fk, att, head_size, n);
+    float factor = softmax_scores(fk, 0, att, head_size, n);
     k->f16_mix(out, att, vals, head_size, head_size, n);
+    normalize(out, head_size, factor);
 }
 
 /* Stores k and v at pos in layer l's caches and runs every head's attention into s->xb. */
@@ -173,8 +189,8 @@ static void attend_layer(const sb_model *m, sb_state *s, int l, int pos) {
             attend_f16(m->kernels, s->f16, out, q, att, s->key_cache_h + hoff,
                        s->value_cache_h + hoff, hs, pos + 1);
         } else {
-            attend(m->kernels, out, q, att, s->key_cache + hoff, s->value_cache + hoff, hs,
-                   pos + 1);
+            attend(m->kernels, sb_exact(m, 0), out, q, att, s->key_cache + hoff,
+                   s->value_cache + hoff, hs, pos + 1);
         }
     }
 }
@@ -239,6 +255,7 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
     const sb_config *c = &m->cfg;
     int dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim, hs = c->head_size;
     float *x = s->x;
+    int exact = sb_exact(m, s->key_cache_h != NULL);
 
     sb_model_embed(m, token, x);
     rope_angles(s, hs, pos);
@@ -261,13 +278,17 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
         rmsnorm(s->xb, x, m->rms_ffn + (size_t)l * dim, dim);
         sb_matvec(m, s, s->hb, s->xb, &m->w1[l]);
         sb_matvec(m, s, s->hb2, s->xb, &m->w3[l]);
-        for (int i = 0; i < hid; i++) s->ex[i] = -s->hb[i];
-        m->kernels->expf_n(s->ex, s->ex, hid);
-        for (int i = 0; i < hid; i++) {
-            float val = s->hb[i];
-            val *= 1.0f / (1.0f + s->ex[i]);
-            val *= s->hb2[i];
-            s->hb[i] = val;
+        if (exact) {
+            for (int i = 0; i < hid; i++) s->ex[i] = -s->hb[i];
+            m->kernels->expf_n(s->ex, s->ex, hid);
+            for (int i = 0; i < hid; i++) {
+                float val = s->hb[i];
+                val *= 1.0f / (1.0f + s->ex[i]);
+                val *= s->hb2[i];
+                s->hb[i] = val;
+            }
+        } else {
+            m->kernels->swiglu(s->hb, s->hb2, hid);
         }
         sb_matvec(m, s, s->xb, s->hb, &m->w2[l]);
         for (int i = 0; i < dim; i++) x[i] += s->xb[i];

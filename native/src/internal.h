@@ -92,6 +92,15 @@ typedef struct {
     size_t weight_bytes;          // weights read per token
 } sb_model;
 
+/* Whether a run must give run.c's numbers bit for bit: an fp32 model with an fp32 KV
+ * cache does (tests/test_golden.py), so its softmax, sampling and SwiGLU keep the
+ * reference's scalar steps (glibc's expf, its order of sums, its divisions). Quantized
+ * weights or a half KV cache promise no exactness (kernels_q.h); those runs take the
+ * fast kernels of kernels.h instead. forward.c and the sampler ask this one rule. */
+static inline int sb_exact(const sb_model *m, int kv_half) {
+    return m->qkernels == NULL && !kv_half;
+}
+
 /* Memory for data read once per token (weights, caches): 64-byte aligned, on huge pages
  * where the system offers them. free() releases it. */
 void *sb_alloc_streamed(size_t bytes);
@@ -163,7 +172,8 @@ typedef struct {
 
 typedef struct {
     int vocab_size;
-    const sb_kernel_set *kernels; // for expf
+    const sb_kernel_set *kernels; // for expf, or the fast kernels
+    int exact;                    // sb_exact: the reference's softmax and sampling, step for step
     float temperature;
     float topp;
     uint64_t rng;
@@ -173,7 +183,7 @@ typedef struct {
 /* Bytes the sampler allocates; init refuses more than budget. */
 size_t sb_sampler_bytes(int vocab_size);
 sb_status sb_sampler_init(sb_sampler *s, int vocab_size, const sb_kernel_set *kernels,
-                          size_t budget, char *err);
+                          int exact, size_t budget, char *err);
 void sb_sampler_free(sb_sampler *s);
 void sb_sampler_set(sb_sampler *s, float temperature, float topp, uint64_t seed);
 /* Samples a token from finite logits, or returns -1 if scaling them by the temperature

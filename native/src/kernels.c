@@ -2,6 +2,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "fastmath.h"
 #include "kernels.h"
 
 static void matvec_f32_generic(float *out, const float *x, const float *w, int n, int d) {
@@ -37,6 +38,40 @@ void sb_expf_libm(float *y, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] = expf(x[i]);
 }
 
+static float max_n_generic(const float *x, int n) {
+    float m = x[0];
+    for (int i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static float exp_sum_generic(float *y, const float *x, int n, float max, float scale) {
+    float s[SB_FAST_LANES] = {0};
+    for (int i = 0; i < n; i++) {
+        y[i] = sb_fexp(fmaxf((x[i] - max) * scale, SB_FEXP_MIN));
+        s[i % SB_FAST_LANES] += y[i];
+    }
+    return sb_fast_sum_tree(s);
+}
+
+static int select_ge_generic(int *idx, const float *x, int n, float threshold, int cap) {
+    int k = 0;
+    for (int i = 0; i < n && k < cap; i++) {
+        if (x[i] >= threshold) idx[k++] = i;
+    }
+    return k;
+}
+
+static int finite_n_generic(const float *x, int n) {
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(x[i])) return 0;
+    }
+    return 1;
+}
+
+static void swiglu_generic(float *h, const float *g, int n) {
+    for (int i = 0; i < n; i++) h[i] = sb_fswiglu(h[i], g[i]);
+}
+
 const sb_kernel_set sb_kernels_generic = {
     .name = "generic",
     .f32_rows = 1,
@@ -48,6 +83,11 @@ const sb_kernel_set sb_kernels_generic = {
 #else
     .expf_n = sb_expf_libm,
 #endif
+    .max_n = max_n_generic,
+    .exp_sum = exp_sum_generic,
+    .select_ge = select_ge_generic,
+    .swiglu = swiglu_generic,
+    .finite_n = finite_n_generic,
 };
 
 void sb_pack_rows_f32(float *dst, const float *src, int rows, int cols, int block) {

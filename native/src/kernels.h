@@ -28,7 +28,34 @@ typedef struct {
     /* y[i] = expf(x[i]) (n,), bit for bit glibc's: the C library's on x86, the copy of
      * glibc's algorithm on RISC-V, whatever its C library (y may be x). */
     void (*expf_n)(float *y, const float *x, int n);
+
+    /* The fast kernels, for models that promise no exactness (sb_exact, internal.h):
+     * vectors where the exact path is scalar, fastmath.h's exp and reciprocal instead of
+     * glibc's expf and a division. Every set returns the same bits: per element the same
+     * operations, and sums in one order, element i into partial sum i % SB_FAST_LANES,
+     * the partial sums then added as a fixed tree (sb_fast_sum_tree). */
+    float (*max_n)(const float *x, int n); // the largest of x (n >= 1), NaN aside
+    /* y[i] = exp((x[i] - max) * scale) (n,) for max >= every x[i], scale > 0; returns
+     * their sum (y may be x). */
+    float (*exp_sum)(float *y, const float *x, int n, float max, float scale);
+    /* idx gets, in ascending order, each i with x[i] >= threshold, the first cap of them
+     * (cap >= 1); returns how many. */
+    int (*select_ge)(int *idx, const float *x, int n, float threshold, int cap);
+    /* h[i] = h[i] * sigmoid(h[i]) * g[i] (n,): the SwiGLU gate, sb_fswiglu. */
+    void (*swiglu)(float *h, const float *g, int n);
+    /* 1 if every x[i] (n,) is finite, else 0: exact in every set, so every model uses it. */
+    int (*finite_n)(const float *x, int n);
 } sb_kernel_set;
+
+#define SB_FAST_LANES 16
+
+/* Adds the partial sums s (SB_FAST_LANES,) in the fast kernels' order (s is clobbered). */
+static inline float sb_fast_sum_tree(float *s) {
+    for (int w = SB_FAST_LANES / 2; w > 0; w /= 2) {
+        for (int j = 0; j < w; j++) s[j] += s[j + w];
+    }
+    return s[0];
+}
 
 /* The fastest set this CPU runs (generic_only = 1 forces the portable set). */
 const sb_kernel_set *sb_kernels_pick(int generic_only);

@@ -10,6 +10,7 @@
 #include <riscv_vector.h>
 #include <stddef.h>
 
+#include "fastmath.h"
 #include "kernels.h"
 #include "kernels_q.h"
 
@@ -94,33 +95,45 @@ void sb_f16_store_xt(uint16_t *dst, const float *src, int n) {
     }
 }
 
-/* out[lane] = sum over `count` steps of f[j] * half(h[lane + j * step]), j = 0.. */
+/* out[lane] = sum over `count` steps of f[j] * half(h[lane + j * step]), j = 0..; at
+ * most 32 lanes (e32m8), or 16 at half the cost (e32m4: the C906 takes as long for a
+ * vector whatever vl, so a short tail, as a head of 48 leaves, goes to the smaller one). */
+#define F16_DOT_LANES(name, lmul16, lmul32)                                                  \
+    static size_t name(float *out, const float *f, const uint16_t *h, size_t step,          \
+                       size_t count, size_t lanes) {                                        \
+        size_t vl;                                                                           \
+        float fj;                                                                            \
+        __asm__ volatile("th.vsetvli %[vl], %[lanes], e32, " lmul32 "\n\t"                   \
+                         "th.vmv.v.i v24, 0\n\t"                                             \
+                         "beqz %[count], 2f\n"                                               \
+                         "1:\n\t"                                                            \
+                         "flw %[fj], 0(%[f])\n\t"                                            \
+                         "th.vsetvli zero, %[vl], e16, " lmul16 "\n\t"                       \
+                         "th.vle.v v0, (%[h])\n\t"                                           \
+                         "th.vfwcvt.f.f.v v8, v0\n\t"                                        \
+                         "th.vsetvli zero, %[vl], e32, " lmul32 "\n\t"                       \
+                         "th.vfmul.vf v8, v8, %[fj]\n\t"                                     \
+                         "th.vfadd.vv v24, v24, v8\n\t"                                      \
+                         "addi %[f], %[f], 4\n\t"                                            \
+                         "add %[h], %[h], %[step]\n\t"                                       \
+                         "addi %[count], %[count], -1\n\t"                                   \
+                         "bnez %[count], 1b\n"                                               \
+                         "2:\n\t"                                                            \
+                         "th.vse.v v24, (%[out])\n\t"                                        \
+                         : [vl] "=&r"(vl), [fj] "=&f"(fj), [f] "+r"(f), [h] "+r"(h),        \
+                           [count] "+r"(count)                                               \
+                         : [lanes] "r"(lanes), [step] "r"(step * sizeof(uint16_t)),         \
+                           [out] "r"(out)                                                    \
+                         : F16_CLOBBER);                                                     \
+        return vl;                                                                           \
+    }
+F16_DOT_LANES(f16_dot_m8, "m4", "m8")
+F16_DOT_LANES(f16_dot_m4, "m2", "m4")
+
 static size_t f16_dot_lanes(float *out, const float *f, const uint16_t *h, size_t step,
                             size_t count, size_t lanes) {
-    size_t vl;
-    float fj;
-    __asm__ volatile("th.vsetvli %[vl], %[lanes], e32, m8\n\t"
-                     "th.vmv.v.i v24, 0\n\t"
-                     "beqz %[count], 2f\n"
-                     "1:\n\t"
-                     "flw %[fj], 0(%[f])\n\t"
-                     "th.vsetvli zero, %[vl], e16, m4\n\t"
-                     "th.vle.v v0, (%[h])\n\t"
-                     "th.vfwcvt.f.f.v v8, v0\n\t"
-                     "th.vsetvli zero, %[vl], e32, m8\n\t"
-                     "th.vfmul.vf v8, v8, %[fj]\n\t"
-                     "th.vfadd.vv v24, v24, v8\n\t"
-                     "addi %[f], %[f], 4\n\t"
-                     "add %[h], %[h], %[step]\n\t"
-                     "addi %[count], %[count], -1\n\t"
-                     "bnez %[count], 1b\n"
-                     "2:\n\t"
-                     "th.vse.v v24, (%[out])\n\t"
-                     : [vl] "=&r"(vl), [fj] "=&f"(fj), [f] "+r"(f), [h] "+r"(h),
-                       [count] "+r"(count)
-                     : [lanes] "r"(lanes), [step] "r"(step * sizeof(uint16_t)), [out] "r"(out)
-                     : F16_CLOBBER);
-    return vl;
+    if (lanes <= __riscv_vsetvlmax_e32m4()) return f16_dot_m4(out, f, h, step, count, lanes);
+    return f16_dot_m8(out, f, h, step, count, lanes);
 }
 
 void sb_f16_scores_xt(float *att, const float *q, const uint16_t *kt, int head_size,
@@ -136,6 +149,134 @@ void sb_f16_mix_xt(float *out, const float *att, const uint16_t *v, int head_siz
 }
 #endif
 
+// ----------------------------------------------------------------------------
+// fast kernels (kernels.h): fastmath.h's operations, SB_FAST_LANES (16) lanes of e32m4
+
+#define L SB_FAST_LANES
+
+static float max_n_rvv(const float *x, int n) {
+    size_t vl = __riscv_vsetvl_e32m8((size_t)n);
+    vfloat32m8_t m = __riscv_vle32_v_f32m8(x, vl);
+    int i = (int)vl;
+    for (; n - i >= (int)vl; i += (int)vl) { // whole vectors: elementwise, reduced once
+        m = __riscv_vfmax_vv_f32m8(m, __riscv_vle32_v_f32m8(x + i, vl), vl);
+    }
+    vfloat32m1_t r = __riscv_vfmv_s_f_f32m1(x[0], 1);
+    r = __riscv_vfredmax_vs_f32m8_f32m1(m, r, vl);
+    if (i < n) {
+        size_t tail = __riscv_vsetvl_e32m8((size_t)(n - i));
+        r = __riscv_vfredmax_vs_f32m8_f32m1(__riscv_vle32_v_f32m8(x + i, tail), r, tail);
+    }
+    return __riscv_vfmv_f_s_f32m1_f32(r);
+}
+
+/* A constant the compiler cannot hoist out of a loop. Hoisted, a splat of it that an
+ * accumulating instruction overwrites gets copied each time with a whole-register move,
+ * which GCC 14 emits as th.vmv4r.v, an instruction XTheadVector does not have; splatted
+ * in the loop, it costs the same as that copy. */
+static inline float fresh(float c) {
+    __asm__ volatile("" : "+f"(c));
+    return c;
+}
+
+/* sb_fexp on a vector, operation for operation */
+static inline vfloat32m4_t fexp_v(vfloat32m4_t y, size_t vl) {
+    vfloat32m4_t z = __riscv_vfadd_vf_f32m4(__riscv_vfmul_vf_f32m4(y, SB_FEXP_LOG2E, vl),
+                                            SB_FEXP_SHIFT, vl);
+    vfloat32m4_t n = __riscv_vfsub_vf_f32m4(z, SB_FEXP_SHIFT, vl);
+    vfloat32m4_t r = __riscv_vfnmsac_vf_f32m4(y, SB_FEXP_LN2_HI, n, vl);
+    r = __riscv_vfnmsac_vf_f32m4(r, SB_FEXP_LN2_LO, n, vl);
+    vfloat32m4_t scale = __riscv_vreinterpret_v_u32m4_f32m4(
+        __riscv_vsll_vx_u32m4(__riscv_vreinterpret_v_f32m4_u32m4(z), 23, vl));
+    vfloat32m4_t r2 = __riscv_vfmul_vv_f32m4(r, r, vl);
+    vfloat32m4_t lo = __riscv_vfmacc_vf_f32m4(__riscv_vfmv_v_f_f32m4(fresh(SB_FEXP_C2), vl),
+                                              SB_FEXP_C3, r, vl);
+    vfloat32m4_t hi = __riscv_vfmacc_vf_f32m4(__riscv_vfmv_v_f_f32m4(fresh(SB_FEXP_C4), vl),
+                                              SB_FEXP_C5, r, vl);
+    vfloat32m4_t poly = __riscv_vfmacc_vv_f32m4(r, __riscv_vfmacc_vv_f32m4(lo, hi, r2, vl), r2, vl);
+    return __riscv_vfmacc_vv_f32m4(scale, poly, scale, vl);
+}
+
+static inline vfloat32m4_t exp_shifted(const float *x, float max, float scale, size_t vl) {
+    vfloat32m4_t y = __riscv_vfsub_vf_f32m4(__riscv_vle32_v_f32m4(x, vl), max, vl);
+    if (scale != 1.0f) y = __riscv_vfmul_vf_f32m4(y, scale, vl); // y * 1 is y
+    return fexp_v(__riscv_vfmax_vf_f32m4(y, SB_FEXP_MIN, vl), vl);
+}
+
+static float exp_sum_rvv(float *y, const float *x, int n, float max, float scale) {
+    size_t vl = __riscv_vsetvl_e32m4(L);
+    vfloat32m4_t acc = __riscv_vfmv_v_f_f32m4(0.0f, vl);
+    int i = 0;
+    for (; i + L <= n; i += L) {
+        vfloat32m4_t e = exp_shifted(x + i, max, scale, vl);
+        __riscv_vse32_v_f32m4(y + i, e, vl);
+        acc = __riscv_vfadd_vv_f32m4(acc, e, vl);
+    }
+    float s[L];
+    __riscv_vse32_v_f32m4(s, acc, vl);
+    if (i < n) { // the tail: exps in a shorter vector, added to lanes 0.. in order
+        size_t tail = __riscv_vsetvl_e32m4((size_t)(n - i));
+        __riscv_vse32_v_f32m4(y + i, exp_shifted(x + i, max, scale, tail), tail);
+        for (int j = 0; i + j < n; j++) s[j] += y[i + j];
+    }
+    return sb_fast_sum_tree(s);
+}
+
+static int select_ge_rvv(int *idx, const float *x, int n, float threshold, int cap) {
+    int k = 0;
+    for (int i = 0; i < n;) {
+        size_t vl = __riscv_vsetvl_e32m8((size_t)(n - i));
+        vbool4_t ge = __riscv_vmfge_vf_f32m8_b4(__riscv_vle32_v_f32m8(x + i, vl), threshold, vl);
+        // few vectors hold any, and few each: one vfirst per index, then it is cleared
+        for (long f; (f = __riscv_vfirst_m_b4(ge, vl)) >= 0;) {
+            idx[k++] = i + (int)f;
+            if (k == cap) return k;
+            ge = __riscv_vmxor_mm_b4(ge, __riscv_vmsof_m_b4(ge, vl), vl);
+        }
+        i += (int)vl;
+    }
+    return k;
+}
+
+/* 0 * x is 0 for a finite x and NaN for Inf or NaN: summed up, NaN stays. Whole vectors
+ * and the tail apart (XTheadVector zeroes the lanes past vl of what it writes). */
+static int finite_n_rvv(const float *x, int n) {
+    size_t vl = __riscv_vsetvlmax_e32m8();
+    vfloat32m8_t acc = __riscv_vfmv_v_f_f32m8(0.0f, vl);
+    int i = 0;
+    for (; n - i >= (int)vl; i += (int)vl) {
+        acc = __riscv_vfmacc_vf_f32m8(acc, 0.0f, __riscv_vle32_v_f32m8(x + i, vl), vl);
+    }
+    vfloat32m1_t s = __riscv_vfmv_s_f_f32m1(0.0f, 1);
+    s = __riscv_vfredusum_vs_f32m8_f32m1(acc, s, vl);
+    if (i < n) {
+        size_t tail = __riscv_vsetvl_e32m8((size_t)(n - i));
+        vfloat32m8_t zeros = __riscv_vfmul_vf_f32m8(__riscv_vle32_v_f32m8(x + i, tail), 0.0f, tail);
+        s = __riscv_vfredusum_vs_f32m8_f32m1(zeros, s, tail);
+    }
+    return __riscv_vfmv_f_s_f32m1_f32(s) == 0.0f;
+}
+
+static void swiglu_rvv(float *h, const float *g, int n) {
+    for (size_t vl; n > 0; n -= (int)vl, h += vl, g += vl) {
+        vl = __riscv_vsetvl_e32m4((size_t)n);
+        vfloat32m4_t hv = __riscv_vle32_v_f32m4(h, vl);
+        vfloat32m4_t y = __riscv_vfneg_v_f32m4(hv, vl);
+        y = __riscv_vfmin_vf_f32m4(__riscv_vfmax_vf_f32m4(y, SB_FEXP_MIN, vl), SB_SILU_MAX, vl);
+        __asm__ volatile("" : "+vr"(y)); // else GCC 14 copies y with th.vmv4r.v (see fresh)
+        vfloat32m4_t d = __riscv_vfadd_vf_f32m4(fexp_v(y, vl), 1.0f, vl);
+        vfloat32m4_t r = __riscv_vreinterpret_v_u32m4_f32m4(__riscv_vrsub_vx_u32m4(
+            __riscv_vreinterpret_v_f32m4_u32m4(d), SB_FRCP_MAGIC, vl));
+        for (int k = 0; k < 3; k++) { // Newton: r += r (1 - d r)
+            vfloat32m4_t one = __riscv_vfmv_v_f_f32m4(fresh(1.0f), vl);
+            r = __riscv_vfmacc_vv_f32m4(r, r, __riscv_vfnmsac_vv_f32m4(one, d, r, vl), vl);
+        }
+        hv = __riscv_vfmul_vv_f32m4(__riscv_vfmul_vv_f32m4(hv, r, vl),
+                                    __riscv_vle32_v_f32m4(g, vl), vl);
+        __riscv_vse32_v_f32m4(h, hv, vl);
+    }
+}
+
 const sb_kernel_set sb_kernels_rvv = {
     .name = "rvv",
     .f32_rows = ROWS,
@@ -143,5 +284,10 @@ const sb_kernel_set sb_kernels_rvv = {
     .attn_scores_f32 = attn_scores_f32_rvv,
     .attn_mix_f32 = attn_mix_f32_rvv,
     .expf_n = sb_expf_glibc,
+    .max_n = max_n_rvv,
+    .exp_sum = exp_sum_rvv,
+    .select_ge = select_ge_rvv,
+    .swiglu = swiglu_rvv,
+    .finite_n = finite_n_rvv,
 };
 #endif

@@ -1,12 +1,14 @@
 /* kernels_x86.c: AVX2 kernels, chosen at run time so one build runs on any x86-64.
  *
- * Only "avx2" is enabled for these functions, not "fma": a fused multiply-add rounds
- * once where the reference rounds twice, and would change the logits' last bits.
+ * Only "avx2" is enabled for the exact kernels, not "fma": a fused multiply-add rounds
+ * once where the reference rounds twice, and would change the logits' last bits. The fast
+ * kernels (fastmath.h) fuse where the portable ones call fmaf, so they need FMA.
  */
 #if defined(__x86_64__)
 #include <immintrin.h>
 #include <string.h>
 
+#include "fastmath.h"
 #include "kernels.h"
 
 #define ROWS 32 /* 4 ymm or 2 zmm registers of rows */
@@ -23,9 +25,9 @@ static void store_block(float *out, const float *acc, int rows_left) {
     memcpy(out, acc, sizeof(float) * (size_t)(rows_left < ROWS ? rows_left : ROWS));
 }
 
-int sb_cpu_has_avx2(void) {
+int sb_cpu_has_avx2(void) { // every AVX2 CPU made has FMA, which the fast kernels use
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
 __attribute__((target("avx2")))
@@ -190,6 +192,134 @@ static void attn_mix_f32_avx512(float *out, const float *att, const float *v, in
     }
 }
 
+// ----------------------------------------------------------------------------
+// fast kernels (kernels.h): fastmath.h's operations, 16 lanes (two ymm or one zmm)
+
+/* sb_fexp in 8 lanes, operation for operation */
+__attribute__((target("avx2,fma")))
+static __m256 fexp8(__m256 y) {
+    const __m256 shift = _mm256_set1_ps(SB_FEXP_SHIFT);
+    __m256 z = _mm256_add_ps(_mm256_mul_ps(y, _mm256_set1_ps(SB_FEXP_LOG2E)), shift);
+    __m256 n = _mm256_sub_ps(z, shift);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(SB_FEXP_LN2_HI), y);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(SB_FEXP_LN2_LO), r);
+    __m256 r2 = _mm256_mul_ps(r, r);
+    __m256 lo = _mm256_fmadd_ps(_mm256_set1_ps(SB_FEXP_C3), r, _mm256_set1_ps(SB_FEXP_C2));
+    __m256 hi = _mm256_fmadd_ps(_mm256_set1_ps(SB_FEXP_C5), r, _mm256_set1_ps(SB_FEXP_C4));
+    __m256 poly = _mm256_fmadd_ps(_mm256_fmadd_ps(hi, r2, lo), r2, r);
+    __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(z), 23));
+    return _mm256_fmadd_ps(poly, scale, scale);
+}
+
+/* exp((x - max) * scale) for 8 floats; max_ps(y, c) returns c where y is NaN, as fmaxf */
+__attribute__((target("avx2,fma")))
+static __m256 exp_shifted8(__m256 x, float max, float scale) {
+    __m256 y = _mm256_mul_ps(_mm256_sub_ps(x, _mm256_set1_ps(max)), _mm256_set1_ps(scale));
+    return fexp8(_mm256_max_ps(y, _mm256_set1_ps(SB_FEXP_MIN)));
+}
+
+__attribute__((target("avx2,fma")))
+static float max_n_avx2(const float *x, int n) {
+    __m256 m = _mm256_set1_ps(x[0]);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(_mm256_loadu_ps(x + i), m);
+    float lanes[8], best = x[0];
+    _mm256_storeu_ps(lanes, m);
+    for (int j = 0; j < 8; j++) best = lanes[j] > best ? lanes[j] : best;
+    for (; i < n; i++) best = x[i] > best ? x[i] : best;
+    return best;
+}
+
+/* Lanes 0-7 of the 16 partial sums in a0, 8-15 in a1. */
+__attribute__((target("avx2,fma")))
+static float exp_sum_avx2(float *y, const float *x, int n, float max, float scale) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    int i = 0;
+    for (; i + SB_FAST_LANES <= n; i += SB_FAST_LANES) {
+        __m256 e0 = exp_shifted8(_mm256_loadu_ps(x + i), max, scale);
+        __m256 e1 = exp_shifted8(_mm256_loadu_ps(x + i + 8), max, scale);
+        _mm256_storeu_ps(y + i, e0);
+        _mm256_storeu_ps(y + i + 8, e1);
+        a0 = _mm256_add_ps(a0, e0);
+        a1 = _mm256_add_ps(a1, e1);
+    }
+    float s[SB_FAST_LANES];
+    _mm256_storeu_ps(s, a0);
+    _mm256_storeu_ps(s + 8, a1);
+    for (int j = 0; i + j < n; j += 8) { // the tail, 8 at a time through a buffer
+        float in[8] = {0}, out[8];
+        int k = n - i - j < 8 ? n - i - j : 8;
+        memcpy(in, x + i + j, sizeof(float) * (size_t)k);
+        _mm256_storeu_ps(out, exp_shifted8(_mm256_loadu_ps(in), max, scale));
+        memcpy(y + i + j, out, sizeof(float) * (size_t)k);
+        for (int l = 0; l < k; l++) s[j + l] += out[l];
+    }
+    return sb_fast_sum_tree(s);
+}
+
+__attribute__((target("avx2,fma")))
+static int select_ge_avx2(int *idx, const float *x, int n, float threshold, int cap) {
+    __m256 t = _mm256_set1_ps(threshold);
+    int k = 0, i = 0;
+    for (; i + 8 <= n && k < cap; i += 8) {
+        unsigned bits = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), t,
+                                                                   _CMP_GE_OQ));
+        for (; bits && k < cap; bits &= bits - 1) idx[k++] = i + __builtin_ctz(bits);
+    }
+    for (; i < n && k < cap; i++) {
+        if (x[i] >= threshold) idx[k++] = i;
+    }
+    return k;
+}
+
+/* 0 * x is 0 for a finite x and NaN for Inf or NaN: summed up, NaN stays. */
+__attribute__((target("avx2,fma")))
+static int finite_n_avx2(const float *x, int n) {
+    __m256 acc = _mm256_setzero_ps(), zero = acc;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(x + i), zero));
+    }
+    float s[8];
+    _mm256_storeu_ps(s, acc);
+    for (int j = 0; j < 8; j++) {
+        if (s[j] != 0.0f) return 0;
+    }
+    for (; i < n; i++) {
+        if (!isfinite(x[i])) return 0;
+    }
+    return 1;
+}
+
+/* sb_fswiglu in 8 lanes */
+__attribute__((target("avx2,fma")))
+static __m256 swiglu8(__m256 h, __m256 g) {
+    __m256 y = _mm256_xor_ps(h, _mm256_set1_ps(-0.0f));
+    y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(SB_FEXP_MIN)), _mm256_set1_ps(SB_SILU_MAX));
+    __m256 d = _mm256_add_ps(fexp8(y), _mm256_set1_ps(1.0f));
+    __m256 r = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32((int)SB_FRCP_MAGIC),
+                                                    _mm256_castps_si256(d)));
+    for (int k = 0; k < 3; k++) {
+        r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(1.0f)), r);
+    }
+    return _mm256_mul_ps(_mm256_mul_ps(h, r), g);
+}
+
+__attribute__((target("avx2,fma")))
+static void swiglu_avx2(float *h, const float *g, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(h + i, swiglu8(_mm256_loadu_ps(h + i), _mm256_loadu_ps(g + i)));
+    }
+    if (i < n) {
+        float hb[8] = {0}, gb[8] = {0};
+        memcpy(hb, h + i, sizeof(float) * (size_t)(n - i));
+        memcpy(gb, g + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(hb, swiglu8(_mm256_loadu_ps(hb), _mm256_loadu_ps(gb)));
+        memcpy(h + i, hb, sizeof(float) * (size_t)(n - i));
+    }
+}
+
 const sb_kernel_set sb_kernels_avx512 = {
     .name = "avx512",
     .f32_rows = ROWS,
@@ -197,6 +327,12 @@ const sb_kernel_set sb_kernels_avx512 = {
     .attn_scores_f32 = attn_scores_f32_avx512,
     .attn_mix_f32 = attn_mix_f32_avx512,
     .expf_n = sb_expf_x86,
+    // 16 lanes in two ymm registers are the same order as one zmm: AVX2's serve both
+    .max_n = max_n_avx2,
+    .exp_sum = exp_sum_avx2,
+    .select_ge = select_ge_avx2,
+    .swiglu = swiglu_avx2,
+    .finite_n = finite_n_avx2,
 };
 
 const sb_kernel_set sb_kernels_avx2 = {
@@ -206,5 +342,10 @@ const sb_kernel_set sb_kernels_avx2 = {
     .attn_scores_f32 = attn_scores_f32_avx2,
     .attn_mix_f32 = attn_mix_f32_avx2,
     .expf_n = sb_expf_x86,
+    .max_n = max_n_avx2,
+    .exp_sum = exp_sum_avx2,
+    .select_ge = select_ge_avx2,
+    .swiglu = swiglu_avx2,
+    .finite_n = finite_n_avx2,
 };
 #endif

@@ -1,7 +1,9 @@
 /* kernels_test.c: checks every fp32 kernel set this CPU runs against the portable one,
  * bit for bit, on random data with full mantissas (any change in the order or rounding
  * of a sum shows), at shapes with padding rows and vector tails; and each set's expf
- * against the C library's, as is the copy of glibc's expf on one float in 4099.
+ * against the C library's, as is the copy of glibc's expf on one float in 4099. The fast
+ * kernels of every set against the portable ones, bit for bit, and the portable ones
+ * against double precision (fastmath.h promises 2.3 ulp for exp, 2 for the reciprocal).
  *
  *     make -C native ktest                      (host; also runs qkernels_test)
  *     make -C native BUILD=DIR CC=... DIR/kernels_test   (a cross build, run under qemu)
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fastmath.h"
 #include "kernels.h"
 
 static int passed, failed;
@@ -101,6 +104,102 @@ static void test_expf(const sb_kernel_set *k) {
     check(ok, "expf_n", k->name, 40, NS);
 }
 
+/* Error of got in units in the last place of want rounded to float. */
+static double ulps(float got, double want) {
+    float w = (float)want;
+    return fabs((double)got - want) / ((double)nextafterf(w, INFINITY) - (double)w);
+}
+
+/* The fast kernels of set k on n values against the portable ones, bit for bit: logits
+ * with a few far below the rest (exp's clamp), gates with large ones (SiLU's clamps). */
+static void test_fast(const sb_kernel_set *k, int n) {
+    const sb_kernel_set *g = &sb_kernels_generic;
+    float *x = random_floats((size_t)n), *h = random_floats((size_t)n);
+    float *gate = random_floats((size_t)n), *want = malloc(sizeof(float) * n);
+    float *got = malloc(sizeof(float) * (n + 1));
+    int *iw = malloc(sizeof(int) * n), *ig = malloc(sizeof(int) * n);
+    for (int i = 0; i < n; i++) {
+        x[i] = i % 97 == 3 ? -1e3f : 20.0f * x[i];
+        h[i] = i % 89 == 5 ? (i % 2 ? 1e4f : -1e4f) : 30.0f * h[i];
+    }
+    float mw = g->max_n(x, n), mg = k->max_n(x, n);
+    check(memcmp(&mw, &mg, sizeof mw) == 0, "max_n", k->name, n, 0);
+    // finite, then Inf or NaN anywhere (vector or tail)
+    int finite = k->finite_n(x, n);
+    for (int bad = 0; bad < 3; bad++) {
+        float keep = x[(n - 1) * bad / 2];
+        x[(n - 1) * bad / 2] = bad == 1 ? NAN : bad ? -INFINITY : INFINITY;
+        finite += k->finite_n(x, n) ? 10 : 0;
+        x[(n - 1) * bad / 2] = keep;
+    }
+    check(finite == 1, "finite_n", k->name, n, finite);
+    // greedy decoding's argmax: the first of two equal largest values, as the reference's
+    x[n - 1] = x[n / 3] = 100.0f;
+    int first = -1;
+    k->select_ge(&first, x, n, k->max_n(x, n), 1);
+    check(first == n / 3, "argmax by max_n and select_ge", k->name, n, first);
+    x[n - 1] = x[n / 3] = 0.0f;
+    mw = g->max_n(x, n);
+    static const float scales[] = {1.0f, 1.0f / 0.7f, 0.125f};
+    for (int s = 0; s < 3; s++) {
+        got[n] = 12345.0f;
+        float sw = g->exp_sum(want, x, n, mw, scales[s]), sg = k->exp_sum(got, x, n, mw, scales[s]);
+        check(memcmp(got, want, sizeof(float) * n) == 0 && memcmp(&sw, &sg, sizeof sw) == 0
+              && got[n] == 12345.0f, "exp_sum", k->name, n, s);
+        memcpy(got, x, sizeof(float) * n); // in place
+        sg = k->exp_sum(got, got, n, mw, scales[s]);
+        check(memcmp(got, want, sizeof(float) * n) == 0 && memcmp(&sw, &sg, sizeof sw) == 0,
+              "exp_sum in place", k->name, n, s);
+    }
+    float threshold = want[n / 2]; // an exp of the last scale: some above, some below
+    static const int caps[] = {1, 3, 1 << 30};
+    for (int c = 0; c < 3; c++) {
+        int cap = caps[c], cw = g->select_ge(iw, want, n, threshold, cap);
+        int cg = k->select_ge(ig, want, n, threshold, cap);
+        check(cw == cg && memcmp(iw, ig, sizeof(int) * cw) == 0 && cw > 0 && cw <= cap,
+              "select_ge", k->name, n, cap);
+    }
+    memcpy(want, h, sizeof(float) * n);
+    memcpy(got, h, sizeof(float) * n);
+    g->swiglu(want, gate, n);
+    k->swiglu(got, gate, n);
+    check(memcmp(got, want, sizeof(float) * n) == 0 && got[n] == 12345.0f, "swiglu", k->name, n,
+          0);
+    free(x), free(h), free(gate), free(want), free(got), free(iw), free(ig);
+}
+
+/* The portable fast arithmetic against double precision. */
+static void test_fast_accuracy(void) {
+    double worst_exp = 0, worst_rcp = 0, worst_silu = 0;
+    for (int i = 0; i <= 2000000; i++) {
+        float y = -87.0f + 175.0f * (float)i / 2000000.0f;
+        double e = ulps(sb_fexp(y), exp((double)y));
+        worst_exp = e > worst_exp ? e : worst_exp;
+        float d = 1.0f + (float)i * 1e-6f * (i % 2 ? 1.0f : 1e6f);
+        double r = ulps(sb_frcp(d), 1.0 / (double)d);
+        worst_rcp = r > worst_rcp ? r : worst_rcp;
+        double h = y / 2, silu = h / (1.0 + exp(-h)) * 0.75;
+        double s = ulps(sb_fswiglu((float)h, 0.75f), silu);
+        if (fabs(silu) > 1e-30) worst_silu = s > worst_silu ? s : worst_silu;
+    }
+    check(worst_exp <= 2.3, "sb_fexp within 2.3 ulp", "", (int)(worst_exp * 100), 0);
+    check(worst_rcp <= 2.0, "sb_frcp within 2 ulp", "", (int)(worst_rcp * 100), 0);
+    // exp, reciprocal and two products: a few ulp
+    check(worst_silu <= 6.0, "sb_fswiglu within 6 ulp", "", (int)(worst_silu * 100), 0);
+    printf("fast math, worst ulp: exp %.2f, reciprocal %.2f, swiglu %.2f\n", worst_exp,
+           worst_rcp, worst_silu);
+    // the sum of the portable exp_sum against double precision
+    int n = 32000;
+    float *x = random_floats((size_t)n), *y = malloc(sizeof(float) * n);
+    double want = 0;
+    for (int i = 0; i < n; i++) x[i] *= 10.0f;
+    float max = sb_kernels_generic.max_n(x, n);
+    float sum = sb_kernels_generic.exp_sum(y, x, n, max, 1.0f);
+    for (int i = 0; i < n; i++) want += exp((double)x[i] - (double)max);
+    check(fabs(sum - want) < 1e-5 * want, "exp_sum's sum", "generic", n, 0);
+    free(x), free(y);
+}
+
 /* The floats with bits 0, stride, 2 * stride, ... through expf_n, 64k at a time, against
  * the C library; returns how many differ. */
 static uint64_t sweep(const char *name, void (*expf_n)(float *, const float *, int),
@@ -159,7 +258,12 @@ int main(int argc, char **argv) {
             test_attention(sets[s], heads[i][0], heads[i][1]);
         }
         test_expf(sets[s]);
+        static const int lengths[] = {1, 5, 15, 16, 17, 33, 100, 1000, 32000};
+        for (size_t i = 0; i < sizeof(lengths) / sizeof(lengths[0]); i++) {
+            test_fast(sets[s], lengths[i]);
+        }
     }
+    test_fast_accuracy();
     // the copy of glibc's expf is exact where the C library is glibc built with FMA
     // (riscv64 always, x86-64 on CPUs with FMA): one float in 4099, all ranges
     check(sweep("sb_expf_glibc", sb_expf_glibc, 4099) == 0, "expf_glibc sweep", "", 4099, 0);
