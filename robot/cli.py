@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -82,6 +83,39 @@ COMMANDS = {
 }
 
 
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size() gives it: $COLUMNS, else the
+    terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own, told the width it would ask shutil for: argparse makes a formatter
+    for every argument it adds, and importing shutil there also loads bz2 and lzma with
+    their C libraries, 0.3 MiB of the board daemon's memory (board/README.md)."""
+
+    def __init__(self, prog: str, **kwargs) -> None:
+        kwargs.setdefault("width", _columns() - 2)
+        super().__init__(prog, **kwargs)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser with _Formatter; subcommands' parsers are of the same class."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
 def _requested(argv: List[str]) -> Optional[str]:
     """The subcommand named in argv, if any (the first word that is not an option)."""
     return next((a for a in argv if not a.startswith("-")), None)
@@ -89,7 +123,7 @@ def _requested(argv: List[str]) -> Optional[str]:
 
 def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     """The parser; with argv, only the named subcommand's module is imported."""
-    parser = argparse.ArgumentParser(prog="storybot", description=__doc__)
+    parser = _Parser(prog="storybot", description=__doc__)
     parser.add_argument("--version", action="version", version=f"storybot {__version__}")
     parser.add_argument("--debug", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -152,8 +152,9 @@ def test_the_memory_breakdown_accounts_for_the_daemons_steps(board_bundle, root)
     assert after[bundle.MODEL_NAME] > 0.95 * (board_bundle.directory / "models" /
                                               bundle.MODEL_NAME).stat().st_size
     assert before.get(bundle.MODEL_NAME, 0) < 2**20  # mapped, not yet read
-    # fp16 KV cache (1.7 MiB) + activations + tokenizer and sampler tables (~1.3 MiB)
-    assert totals[-2] - totals[-3] < 3.5 * 2**20
+    # fp16 KV cache (1.7 MiB) + activations + the tokenizer's (0.6 MiB) and the
+    # sampler's (0.25 MiB) tables: 2.5 MiB, where the tokenizer's alone took 1.0 MiB
+    assert totals[-2] - totals[-3] < 2.8 * 2**20
 
 
 def test_the_c906_library_tells_the_x86_vector_story(release, root, cli):

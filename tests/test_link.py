@@ -95,13 +95,19 @@ async def test_wyoming_reads_what_the_link_writes():
 
 def test_the_board_side_does_not_import_wyoming():
     """What the board runs stays out of the wyoming package (and importlib.metadata,
-    which it imports): about 3 MiB of the Duo's memory."""
+    which it imports): about 3 MiB of the Duo's memory; and out of random (0.1 MiB)."""
     code = ("import sys, robot.board, robot.ask; "
             "print(sorted(m for m in ('wyoming', 'importlib.metadata', 'ssl', '_hashlib', "
-            "'hashlib', 'hmac') "
+            "'hashlib', 'hmac', 'random') "
             "if sys.modules.get(m) is not None))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_reconnects_are_spread_over_a_fifth_either_side():
+    waits = {link._jitter(10.0) for _ in range(200)}
+    assert min(waits) >= 8.0 and max(waits) <= 12.0
+    assert len(waits) > 100  # not one wait for every board
 
 
 @pytest.mark.asyncio

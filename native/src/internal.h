@@ -138,16 +138,17 @@ void sb_matvec_f32_rows(float *out, const float *x, const sb_matrix *w, int r0, 
 // ----------------------------------------------------------------------------
 // tokenizer (tokenizer.c)
 
+/* Kept small for the board (~0.6 MiB for llama2.c's 32000 tokens, where pointers,
+ * lengths, a hash table and a byte table took ~1 MiB): token i is strings + offsets[i],
+ * offsets[i + 1] - offsets[i] - 1 bytes long, and lookups by string binary-search
+ * `sorted`. */
 typedef struct {
     int vocab_size;
     int max_token_length;
     char *strings;        // all token strings, NUL-separated
-    const char **vocab;   // (vocab_size,) pointers into strings
-    int *lengths;         // (vocab_size,)
+    uint32_t *offsets;    // (vocab_size + 1,) where each token starts in strings
     float *scores;        // (vocab_size,) merge scores
-    int *hash;            // open-addressing table of token ids, -1 = empty
-    uint32_t hash_mask;
-    int16_t *raw_byte;    // (vocab_size,) the byte of a "<0xHH>" token, or -1
+    int32_t *sorted;      // (vocab_size,) token ids by string, then by id
     char *concat;         // scratch for merge candidates
 } sb_tokenizer;
 

@@ -14,31 +14,67 @@
 #define MAX_TOKEN_LENGTH 4096
 
 // ----------------------------------------------------------------------------
-// token lookup by string (FNV-1a, open addressing)
+// token lookup by string: binary search of the ids sorted by string
 
-static uint32_t hash_bytes(const char *s, size_t n) {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
-    return h;
+static const char *token_str(const sb_tokenizer *t, int id) {
+    return t->strings + t->offsets[id];
+}
+
+static size_t token_len(const sb_tokenizer *t, int id) {
+    return t->offsets[id + 1] - t->offsets[id] - 1;
+}
+
+/* strcmp's order (tokens hold no NUL byte): <0, 0 or >0. */
+static int compare(const char *a, size_t na, const char *b, size_t nb) {
+    int c = memcmp(a, b, na < nb ? na : nb);
+    return c ? c : (na > nb) - (na < nb);
+}
+
+/* Token a sorts before token b: by string, then by id, so that of duplicate strings the
+ * first is found, as before. */
+static int before(const sb_tokenizer *t, int a, int b) {
+    int c = compare(token_str(t, a), token_len(t, a), token_str(t, b), token_len(t, b));
+    return c < 0 || (c == 0 && a < b);
 }
 
 static int lookup(const sb_tokenizer *t, const char *s, size_t n) {
-    for (uint32_t i = hash_bytes(s, n) & t->hash_mask;; i = (i + 1) & t->hash_mask) {
-        int id = t->hash[i];
-        if (id < 0) return -1;
-        if ((size_t)t->lengths[id] == n && memcmp(t->vocab[id], s, n) == 0) return id;
+    int lo = 0, hi = t->vocab_size; // the first sorted token not before s
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2, id = t->sorted[mid];
+        if (compare(token_str(t, id), token_len(t, id), s, n) < 0) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo == t->vocab_size) return -1;
+    int id = t->sorted[lo];
+    return token_len(t, id) == n && memcmp(token_str(t, id), s, n) == 0 ? id : -1;
+}
+
+static void sift_down(const sb_tokenizer *t, int32_t *a, int i, int n) {
+    for (int c; (c = 2 * i + 1) < n; i = c) {
+        if (c + 1 < n && before(t, a[c], a[c + 1])) c++;
+        if (!before(t, a[i], a[c])) return;
+        int32_t tmp = a[i];
+        a[i] = a[c];
+        a[c] = tmp;
     }
 }
 
-static void insert(sb_tokenizer *t, int id) {
-    uint32_t i = hash_bytes(t->vocab[id], (size_t)t->lengths[id]) & t->hash_mask;
-    while (t->hash[i] >= 0) {
-        // the first of duplicate strings wins, as the reference's sorted search finds it
-        if (t->lengths[t->hash[i]] == t->lengths[id]
-            && memcmp(t->vocab[t->hash[i]], t->vocab[id], (size_t)t->lengths[id]) == 0) return;
-        i = (i + 1) & t->hash_mask;
+/* Heapsort: in place (no second table while loading) and without qsort_r, which not
+ * every libc the board may have offers. */
+static void sort_ids(const sb_tokenizer *t) {
+    int n = t->vocab_size;
+    int32_t *a = t->sorted;
+    for (int i = 0; i < n; i++) a[i] = i;
+    for (int i = n / 2 - 1; i >= 0; i--) sift_down(t, a, i, n);
+    for (int end = n - 1; end > 0; end--) {
+        int32_t tmp = a[0];
+        a[0] = a[end];
+        a[end] = tmp;
+        sift_down(t, a, 0, end);
     }
-    t->hash[i] = id;
 }
 
 /* "<0xHH>" tokens stand for one raw byte. */
@@ -122,36 +158,31 @@ static sb_status parse(sb_tokenizer *t, const unsigned char *d, size_t len, cons
                        "model's vocab_size %d", path, len - off, n, n);
     }
 
-    uint32_t cap = 1;
-    while (cap < 2u * (uint32_t)n) cap <<= 1;
-    t->hash_mask = cap - 1;
+    if (text > UINT32_MAX) {
+        return sb_fail(err, SB_ERR_FORMAT, "tokenizer %s holds more than 4 GiB of text", path);
+    }
     t->strings = malloc(text);
-    t->vocab = malloc(sizeof(char *) * (size_t)n);
-    t->lengths = malloc(sizeof(int) * (size_t)n);
+    t->offsets = malloc(sizeof(uint32_t) * ((size_t)n + 1));
     t->scores = malloc(sizeof(float) * (size_t)n);
-    t->raw_byte = malloc(sizeof(int16_t) * (size_t)n);
-    t->hash = malloc(sizeof(int) * cap);
+    t->sorted = malloc(sizeof(int32_t) * (size_t)n);
     t->concat = malloc(2 * (size_t)max_len + 1);
-    if (!t->strings || !t->vocab || !t->lengths || !t->scores || !t->raw_byte || !t->hash
-        || !t->concat) {
+    if (!t->strings || !t->offsets || !t->scores || !t->sorted || !t->concat) {
         return sb_fail(err, SB_ERR_NOMEM, "out of memory for the tokenizer");
     }
-    memset(t->hash, 0xff, sizeof(int) * cap);
     off = 4;
-    char *s = t->strings;
+    uint32_t at = 0;
     for (int i = 0; i < n; i++) {
         int32_t l;
         memcpy(&t->scores[i], d + off, 4);
         memcpy(&l, d + off + 4, 4);
-        memcpy(s, d + off + 8, (size_t)l);
-        s[l] = '\0';
-        t->vocab[i] = s;
-        t->lengths[i] = l;
-        t->raw_byte[i] = raw_byte_of(s, l);
-        insert(t, i);
-        s += l + 1;
+        memcpy(t->strings + at, d + off + 8, (size_t)l);
+        t->strings[at + (uint32_t)l] = '\0';
+        t->offsets[i] = at;
+        at += (uint32_t)l + 1;
         off += 8 + (size_t)l;
     }
+    t->offsets[n] = at;
+    sort_ids(t);
     return SB_OK;
 }
 
@@ -170,11 +201,9 @@ sb_status sb_tokenizer_load(sb_tokenizer *t, const char *path, int vocab_size, c
 
 void sb_tokenizer_free(sb_tokenizer *t) {
     free(t->strings);
-    free(t->vocab);
-    free(t->lengths);
+    free(t->offsets);
     free(t->scores);
-    free(t->raw_byte);
-    free(t->hash);
+    free(t->sorted);
     free(t->concat);
     memset(t, 0, sizeof(*t));
 }
@@ -227,9 +256,9 @@ typedef struct {
 static void push(merger *m, int left, int right) {
     const sb_tokenizer *t = m->t;
     int a = m->tok[left], b = m->tok[right];
-    size_t la = (size_t)t->lengths[a], lb = (size_t)t->lengths[b];
-    memcpy(t->concat, t->vocab[a], la);
-    memcpy(t->concat + la, t->vocab[b], lb);
+    size_t la = token_len(t, a), lb = token_len(t, b);
+    memcpy(t->concat, token_str(t, a), la);
+    memcpy(t->concat + la, token_str(t, b), lb);
     int id = lookup(t, t->concat, la + lb);
     if (id < 0 || !(t->scores[id] > -1e10f)) return;
     pair p = {t->scores[id], left, right, a, b, id};
@@ -342,15 +371,16 @@ sb_status sb_tokenizer_encode(const sb_tokenizer *t, const char *text, int *toke
 
 const char *sb_tokenizer_decode(const sb_tokenizer *t, int prev, int token, char byte_buf[2],
                                 size_t *len, int *flags) {
-    const char *piece = t->vocab[token];
-    size_t n = (size_t)t->lengths[token];
+    const char *piece = token_str(t, token);
+    size_t n = token_len(t, token);
+    int16_t raw = raw_byte_of(piece, (int)n);
     // after BOS, sentencepiece drops the leading space of the first piece
     if (prev == SB_BOS && piece[0] == ' ') {
         piece++;
         n--;
     }
-    if (t->raw_byte[token] >= 0) {
-        byte_buf[0] = (char)t->raw_byte[token];
+    if (raw >= 0) {
+        byte_buf[0] = (char)raw;
         byte_buf[1] = '\0';
         piece = byte_buf;
         n = 1;
