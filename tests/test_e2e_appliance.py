@@ -20,6 +20,7 @@ from test_board import engine, running_board, told  # noqa: F401  (engine is a f
 from test_voicehost import ScriptedBoard, voice_host, wait_until, wav_seconds
 
 from robot import link
+from robot import listen as listen_module
 from robot.button import ButtonSettings
 from robot.listen import ListenSettings, Recognizer, WavMic, model_dir
 
@@ -97,15 +98,33 @@ def test_listening_ends_at_the_time_limit_and_on_request(recognizer, spoken_prom
     assert recognizer.listen(WavMic(spoken_prompt), 10, stop) == ""
 
 
-def test_a_wav_mic_can_keep_real_time(spoken_prompt):
-    mic = WavMic(spoken_prompt, realtime=True)
+class SimulatedClock:
+    """time.monotonic and time.sleep on a clock that only sleeping moves."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.mark.parametrize("realtime", [True, False])
+def test_a_wav_mic_can_keep_real_time(spoken_prompt, monkeypatch, realtime):
+    """A real-time mic waits before each read until the audio it has given would have
+    been spoken; otherwise it never waits. On a simulated clock: no wall time measured."""
+    clock = SimulatedClock()
+    monkeypatch.setattr(listen_module, "time", clock)
+    mic = WavMic(spoken_prompt, realtime=realtime)
     mic.open()
-    started = time.monotonic()
-    frames = 0
+    frames = before_last = 0
     while frames < mic.sample_rate // 2:
+        before_last = frames
         frames += len(mic.read(1600)) // 2
     mic.close()
-    assert time.monotonic() - started >= 0.4
+    assert clock.now == pytest.approx(before_last / mic.sample_rate if realtime else 0.0)
 
 
 def test_a_mic_wav_must_be_16_bit_mono(tmp_path):
