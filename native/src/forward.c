@@ -154,8 +154,9 @@ static void attend_f16(const sb_kernel_set *fk, const sb_qkernel_set *k, float *
     normalize(out, head_size, factor);
 }
 
-/* Stores k and v at pos in layer l's caches and runs every head's attention into s->xb. */
-static void attend_layer(const sb_model *m, sb_state *s, int l, int pos) {
+/* Stores k and v at pos in layer l's caches and runs every head's attention into s->xb;
+ * exact as sb_forward decided it. */
+static void attend_layer(const sb_model *m, sb_state *s, int l, int pos, int exact) {
     const sb_config *c = &m->cfg;
     int hs = c->head_size, kv_mul = c->n_heads / c->n_kv_heads; // query heads per kv head
     size_t head_floats = cache_positions(c) * (size_t)hs; // one head's slice of a cache
@@ -189,7 +190,7 @@ static void attend_layer(const sb_model *m, sb_state *s, int l, int pos) {
             attend_f16(m->kernels, s->f16, out, q, att, s->key_cache_h + hoff,
                        s->value_cache_h + hoff, hs, pos + 1);
         } else {
-            attend(m->kernels, sb_exact(m, 0), out, q, att, s->key_cache + hoff,
+            attend(m->kernels, exact, out, q, att, s->key_cache + hoff,
                    s->value_cache + hoff, hs, pos + 1);
         }
     }
@@ -268,7 +269,7 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
         rope(s->q, dim, hs, s->rope_cos, s->rope_sin);
         rope(s->k, kvd, hs, s->rope_cos, s->rope_sin);
         SB_REGION(24);
-        attend_layer(m, s, l, pos);
+        attend_layer(m, s, l, pos, exact);
         SB_REGION(25);
 
         sb_matvec(m, s, s->xb2, s->xb, &m->wo[l]);

@@ -21,6 +21,7 @@
 #else
 #define SB_REGION(k) ((void)0)
 #endif
+
 #define SB_ERR_LEN 256
 
 /* Fills ctx's error message (printf-style) and returns status. */
