@@ -286,15 +286,12 @@ static void matvec_blocks(float *out, const int8_t *xq, const float *xs, const i
         xt_plan(plan, start, l, xq + g0 * SB_QK, xsum + g0, groups);
         for (int b = 0; b < d; b += SB_QK) {
             size_t bg = (size_t)(b / SB_QK) * ng + g0; // the first block-group
-            float acc[SB_QK];
-            if (g0 == 0) {
-                memset(acc, 0, sizeof(acc));
-            } else {
-                memcpy(acc, out + b, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
-            }
+            size_t bytes = sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK);
+            float acc[SB_QK] = {0};
+            if (g0 > 0) memcpy(acc, out + b, bytes); // the sums of the groups before
             block(acc, w + bg * group_bytes, ws + bg * SB_QK, xq + g0 * SB_QK, xs + g0, plan,
                   start, groups);
-            memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
+            memcpy(out + b, acc, bytes);
         }
     }
 }
