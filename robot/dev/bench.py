@@ -243,9 +243,10 @@ class C906Row:
     note: str = ""
 
 
-def _whole_run(emu: List[str], plugin: str, argv: List[str], model: Path, tok: Path,
+def whole_run(emu: List[str], plugin: str, argv: List[str], model: Path, tok: Path,
                steps: int, mode: str) -> tuple:
-    """(insns, C906 cycles, stdout) of one whole run of a run.c-compatible program."""
+    """(insns, C906 cycles, stdout, the plugin's report) of one whole run of a run.c-compatible
+    program."""
     env = {"INSNCOUNT_VSPEC": "0.7", "PATH": os.environ.get("PATH", "")}
     proc = subprocess.run([*emu, "-plugin", plugin, *argv, str(model), "-z", str(tok),
                            "-n", str(steps), "-s", RISCV_SEED, *RISCV_MODES[mode],
@@ -255,14 +256,15 @@ def _whole_run(emu: List[str], plugin: str, argv: List[str], model: Path, tok: P
     cycles = re.search(r"^c906_cycles (\d+) ", text, re.M)
     if proc.returncode or not insns or not cycles:
         raise RuntimeError(f"{argv[0]} under qemu failed ({proc.returncode}): {text[-400:]}")
-    return int(insns.group(1)), int(cycles.group(1)), proc.stdout
+    return int(insns.group(1)), int(cycles.group(1)), proc.stdout, text
 
 
 def c906_row(label: str, argv: List[str], model: Path, tok: Path, mode: str,
              env: Dict[str, str]) -> C906Row:
     emu = shlex.split(env["QEMU_C906"])
-    (i0, c0, out0), (i1, c1, out1) = (_whole_run(emu, env["INSNCOUNT_C906_PLUGIN"], argv, model,
-                                                 tok, n, mode) for n in RISCV_STEPS)
+    (i0, c0, out0, _), (i1, c1, out1, _) = (
+        whole_run(emu, env["INSNCOUNT_C906_PLUGIN"], argv, model, tok, n, mode)
+        for n in RISCV_STEPS)
     n = RISCV_STEPS[1] - RISCV_STEPS[0]
     row = C906Row(label, model.name, mode, (i1 - i0) / n, (c1 - c0) / n,
                   model.stat().st_size / 1e6)

@@ -10,10 +10,8 @@ SwiGLU, residual adds.
 """
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List
@@ -35,23 +33,7 @@ def region_cycles(plugin_output: str) -> Dict[str, int]:
             open_at[mark] = cycles
         elif mark - 1 in open_at:
             totals[PARTS[mark - 1]] += cycles - open_at.pop(mark - 1)
-    total = re.search(r"^c906_cycles (\d+) ", plugin_output, re.M)
-    if not total:
-        raise RuntimeError(f"no cycle count from the plugin: {plugin_output[-400:]}")
-    totals["total"] = int(total.group(1))
     return totals
-
-
-def _run(emu: List[str], plugin: str, binary: Path, model: Path, tok: Path, steps: int) -> Dict[str, int]:
-    env = {"INSNCOUNT_VSPEC": "0.7", "PATH": os.environ.get("PATH", "")}
-    proc = subprocess.run([*emu, "-plugin", plugin, str(binary), str(model), "-z", str(tok),
-                           "-n", str(steps), "-s", bench.RISCV_SEED,
-                           *bench.RISCV_MODES["sampled"], "-i", bench.STORY[1]],
-                          capture_output=True, env=env)
-    text = proc.stderr.decode(errors="replace")
-    if proc.returncode:
-        raise RuntimeError(f"{binary} under qemu failed ({proc.returncode}): {text[-400:]}")
-    return region_cycles(text)
 
 
 def profile_models(models_: List[Path], tok: Path) -> List[dict]:
@@ -61,10 +43,15 @@ def profile_models(models_: List[Path], tok: Path) -> List[dict]:
     emu = shlex.split(env["QEMU_C906"])
     rows = []
     for model in models_:
-        short, long_ = (_run(emu, env["INSNCOUNT_C906_PLUGIN"], build / "storybot-run", model,
-                             tok, n) for n in bench.RISCV_STEPS)
+        runs = []
+        for steps in bench.RISCV_STEPS:
+            _, cycles, _, text = bench.whole_run(emu, env["INSNCOUNT_C906_PLUGIN"],
+                                                  [str(build / "storybot-run")], model, tok,
+                                                  steps, "sampled")
+            runs.append({**region_cycles(text), "total": cycles})
+        short, long_ = runs
         n = bench.RISCV_STEPS[1] - bench.RISCV_STEPS[0]
-        per = {k: (long_[k] - short[k]) / n for k in long_}
+        per = {k: (long_[k] - short.get(k, 0)) / n for k in long_}
         per["products"] -= per.get("classifier", 0.0)
         per["the rest"] = per["total"] - sum(per.get(k, 0.0) for k in PARTS.values())
         rows.append({"model": model.name, **{c: per.get(c, 0.0) for c in COLUMNS}})
