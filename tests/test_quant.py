@@ -469,3 +469,27 @@ def test_fp16_kernels_match_numpy(kernels):
     lib.sb_test_f16(kernels.encode(), 2, _ptr(mixed, "float *"), _ptr(a, "float *"),
                     _ptr(v.reshape(-1)[8:], "void *"), hs, 96, n)
     np.testing.assert_allclose(mixed, a[:n] @ v.astype(np.float32)[:n, 8:8 + hs], rtol=1e-5, atol=1e-5)
+
+
+def test_two_pass_classifier_study_scores_each_way(small, tmp_path):
+    """native/bench/twopass (issue 16's study) scores the next token with the full
+    classifier, the draft's, and two passes. With the model as its own draft every way is
+    the same; with q4_0 drafting for q8_0, re-scoring every row within 12 of the top
+    (all of this small model's flat logits) gives the full classifier's perplexity."""
+    subprocess.run(["make", "-s", "-C", str(REPO / "native"), "build/twopass"], check=True)
+    rng = np.random.default_rng(5)
+    tokens = tmp_path / "tokens.bin"
+    with open(tokens, "wb") as f:
+        for n in (SMALL.seq_len, 9):
+            f.write(struct.pack("i", n) + rng.integers(3, 32000, n).astype("<i4").tobytes())
+
+    def study(full, draft):
+        out = subprocess.run([str(REPO / "native/build/twopass"), str(full), str(draft),
+                              str(tokens)], capture_output=True, text=True, check=True).stdout
+        assert f"positions {SMALL.seq_len - 1 + 8}\n" in out
+        return [float(p) for p in re.findall(r"ppl (\d+\.\d+)", out)]
+
+    same = study(small["q8_0"], small["q8_0"])
+    assert len(same) == 7 and len(set(same)) == 1
+    full, draft, *two = study(small["q8_0"], small["q4_0"])
+    assert draft != full and two[-1] == full
