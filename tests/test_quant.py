@@ -493,3 +493,112 @@ def test_two_pass_classifier_study_scores_each_way(small, tmp_path):
     assert len(same) == 7 and len(set(same)) == 1
     full, draft, *two = study(small["q8_0"], small["q4_0"])
     assert draft != full and two[-1] == full
+
+
+# ----------------------------------------------------------------------------
+# the draft classifier (two passes)
+
+def last_logits(path, tokenizer_path, tokens, kernels="auto", with_draft=True):
+    """The library's logits after tokens, and the draft's for the same hidden state."""
+    from robot._native import ffi, lib
+
+    p = lib.sb_default_params()
+    p.kernels = lib.SB_KERNELS_GENERIC if kernels == "generic" else lib.SB_KERNELS_AUTO
+    out, err = ffi.new("sb_context **"), ffi.new("char[]", 256)
+    assert lib.sb_open(str(path).encode(), str(tokenizer_path).encode(), ffi.addressof(p), out,
+                       err, 256) == 0, ffi.string(err)
+    ctx = ffi.gc(out[0], lib.sb_free)
+    v = 32000
+    logits, draft = np.zeros(v, np.float32), np.zeros(v, np.float32)
+    ids = np.asarray(tokens, np.int32)
+    status = lib.sb_test_logits(ctx, _ptr(ids, "int *"), len(tokens), _ptr(logits, "float *"),
+                                _ptr(draft, "float *") if with_draft else ffi.NULL)
+    assert status == 0
+    return logits, draft
+
+
+def drafted_files(src, d):
+    """src with a 5-bit classifier, without and with a 4-bit draft (rounding to nearest)."""
+    out = {}
+    for name, bits in (("full", "embedding=5"), ("draft", "embedding=5,draft=4")):
+        out[name] = d / f"{name}.bin"
+        Q.convert(src, out[name], "q8_0", bits=bits, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def drafted(small, tmp_path_factory):
+    return drafted_files(small["fp32"], tmp_path_factory.mktemp("draft"))
+
+
+def test_draft_is_stored_last_and_flagged(drafted, small, tmp_path):
+    h = Q.read_header(drafted["draft"])
+    assert h.config.draft and not Q.read_header(drafted["full"]).config.draft
+    assert [n for n, _ in Q.matrix_names(h.config)][-1] == "draft" and h.types[-1] == 4
+    assert h.types[:-1] == Q.read_header(drafted["full"]).types
+    # the draft is the classifier (here the shared embedding) at 4 bits, as q4_0 stores it
+    assert np.array_equal(Q.read_matrix(drafted["draft"], "draft"),
+                          Q.read_matrix(small["q4_0"], "token_embedding"))
+    assert h.file_size == drafted["draft"].stat().st_size
+    assert h.format == "mixed"  # the format names the widths of the model, not its draft
+    q8 = tmp_path / "q8d.bin"
+    Q.convert(small["fp32"], q8, "q8_0", bits="draft=4", show_progress=False)
+    assert Q.read_header(q8).format == "q8_0" and Q.read_header(q8).types[-1] == 4
+
+
+def expected_blocks(draft):
+    """The row blocks the second pass should re-score (forward.c's rule), and the delta."""
+    blocks = np.arange(len(draft)) // 32
+    delta = 6.0
+    while True:
+        near = draft >= draft.max() - delta
+        if near.sum() < 256 and len(np.unique(blocks[near])) <= 16:
+            return set(np.unique(blocks[near])), delta
+        delta /= 2
+
+
+def check_second_pass(files, tokenizer_path, story, kernels):
+    deltas = set()
+    for n in range(1, len(story) + 1, 2):
+        got, draft = last_logits(files["draft"], tokenizer_path, story[:n], kernels)
+        full, _ = last_logits(files["full"], tokenizer_path, story[:n], kernels, False)
+        want, delta = expected_blocks(draft)
+        deltas.add(delta)
+        rows = np.isin(np.arange(len(got)) // 32, sorted(want))
+        assert np.array_equal(got[rows], full[rows]), n      # re-scored: the full classifier
+        assert np.array_equal(got[~rows], draft[~rows]), n   # the rest: the draft
+    return deltas
+
+
+@pytest.mark.parametrize("kernels", ["generic", "auto"])
+def test_second_pass_rescores_the_rows_near_the_draft_top(drafted, tokenizer_path, kernels):
+    """Rows in blocks holding a draft logit within 6 of the draft's top get the full
+    classifier's logits (bit for bit those of the same file without a draft), the others
+    keep the draft's; at most 255 rows in 16 blocks, the delta halving until they fit
+    (this random model's flat logits always need it)."""
+    rng = np.random.default_rng(11)
+    story = [1] + list(rng.integers(3, 32000, SMALL.seq_len - 1))
+    assert max(check_second_pass(drafted, tokenizer_path, story, kernels)) < 6
+
+
+def test_second_pass_on_stories15m(model_path, tokenizer_path, tmp_path):
+    """On the real model (a story's first 48 positions) the plain case, delta 6."""
+    files = drafted_files(model_path, tmp_path)
+    with Engine(files["draft"], tokenizer_path) as e:
+        story = e.tokenize("Once upon a time, there was a little girl named Lily. She loved "
+                           "to play outside in the park with her friends and her dog.")
+    assert 6.0 in check_second_pass(files, tokenizer_path, story, "auto")
+
+
+def test_draft_headers_are_checked(drafted, tokenizer_path, tmp_path):
+    """A draft flag the file does not back up, or a draft stored in fp32, is refused."""
+    d = drafted["draft"]
+    err = open_error(patched(d, tmp_path / "flag.bin", 104, struct.pack("<I", 2)), tokenizer_path)
+    assert "draft classifier flag is 2" in str(err)
+    err = open_error(patched(drafted["full"], tmp_path / "noback.bin", 104, struct.pack("<I", 1)),
+                     tokenizer_path)
+    assert "matrix 15 has type 0" in str(err)  # the table's padding, read as the draft's type
+    h = Q.read_header(d)
+    table = 256 + len(h.types) - 1
+    err = open_error(patched(d, tmp_path / "f32.bin", table, b"\x20"), tokenizer_path)
+    assert "draft classifier needs" in str(err)

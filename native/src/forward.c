@@ -35,11 +35,11 @@ sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
     size_t sizes[] = {c->dim, c->dim, c->dim, c->hidden_dim, c->hidden_dim, c->hidden_dim,
                       c->dim, c->kv_dim, c->kv_dim, (size_t)c->n_heads * c->seq_len,
                       c->vocab_size, cache_floats, cache_floats, c->head_size / 2,
-                      c->head_size / 2, c->head_size / 2, (wide + 3) / 4, groups, groups};
-    float *qx_q = NULL, *qx_s = NULL, *qx_sum = NULL;
+                      c->head_size / 2, c->head_size / 2, (wide + 3) / 4, groups, groups, SB_RESCORE_ROWS};
+    float *qx_q = NULL, *qx_s = NULL, *qx_sum = NULL, *rescore = NULL;
     float **slots[] = {&s->x, &s->xb, &s->xb2, &s->hb, &s->hb2, &s->ex, &s->q, &s->k, &s->v,
                        &s->att, &s->logits, &s->key_cache, &s->value_cache, &s->rope_freq,
-                       &s->rope_cos, &s->rope_sin, &qx_q, &qx_s, &qx_sum};
+                       &s->rope_cos, &s->rope_sin, &qx_q, &qx_s, &qx_sum, &rescore};
     size_t n = sizeof(sizes) / sizeof(sizes[0]), total = 0;
     for (size_t i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15; // 64-byte aligned slots
     if (total > budget / sizeof(float)) {
@@ -60,6 +60,7 @@ sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
         p += (sizes[i] + 15) & ~(size_t)15;
     }
     s->qx = (sb_state_q){(int8_t *)qx_q, qx_s, (int32_t *)qx_sum};
+    s->rescore = (int *)rescore;
     if (kv_fp16) {
         s->key_cache_h = (uint16_t *)s->key_cache;
         s->value_cache_h = (uint16_t *)s->value_cache;
@@ -252,6 +253,34 @@ void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const
     SB_REGION(23);
 }
 
+/* The draft classifier's second pass: the row blocks holding a logit within delta of
+ * the draft's largest are scored again from wcls (x still quantized in s->qx from the
+ * draft's product). The other rows keep their draft logits: at delta 6 their
+ * probabilities are each under e^-6 of the top's, and on the eval text the mix scores
+ * as the full classifier does (twopass.c). */
+static void rescore(const sb_model *m, sb_state *s) {
+    const sb_kernel_set *k = m->kernels;
+    int v = m->cfg.vocab_size, n = 0, blocks[SB_RESCORE_BLOCKS], nb = 0;
+    float top = k->max_n(s->logits, v), delta = SB_RESCORE_DELTA;
+    for (int tries = 0; tries < 12; tries++, delta *= 0.5f) { // ties aside, the top row fits
+        n = k->select_ge(s->rescore, s->logits, v, top - delta, SB_RESCORE_ROWS);
+        nb = 0;
+        for (int i = 0; i < n && nb <= SB_RESCORE_BLOCKS; i++) {
+            int b = s->rescore[i] / SB_QK;
+            if (nb == 0 || blocks[nb - 1] != b) {
+                if (nb < SB_RESCORE_BLOCKS) blocks[nb] = b;
+                nb++;
+            }
+        }
+        if (n < SB_RESCORE_ROWS && nb <= SB_RESCORE_BLOCKS) break;
+    }
+    if (nb > SB_RESCORE_BLOCKS) nb = SB_RESCORE_BLOCKS; // only ties get here: the first blocks
+    for (int i = 0; i < nb; i++) {
+        int r0 = blocks[i] * SB_QK, r1 = r0 + SB_QK < v ? r0 + SB_QK : v;
+        sb_matvec_quant_rows(m, &s->qx, s->logits, &m->wcls, r0, r1);
+    }
+}
+
 void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_logits) {
     const sb_config *c = &m->cfg;
     int dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim, hs = c->head_size;
@@ -298,6 +327,11 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
     if (!want_logits) return;
     rmsnorm(x, x, m->rms_final, dim);
     SB_REGION(20);
-    sb_matvec(m, s, s->logits, x, &m->wcls);
+    if (m->draft.data) {
+        sb_matvec(m, s, s->logits, x, &m->draft);
+        rescore(m, s);
+    } else {
+        sb_matvec(m, s, s->logits, x, &m->wcls);
+    }
     SB_REGION(21);
 }

@@ -81,6 +81,10 @@ typedef struct {
     sb_matrix *w1, *w2, *w3;      // per layer: (hidden, dim) (dim, hidden) (hidden, dim)
     sb_matrix wcls;               // (vocab_size, dim)
     sb_matrix embedding;          // quantized models: the token embedding (vocab_size, dim)
+    /* Quantized models may carry a draft: a cheaper copy of wcls (e.g. 4 bits for a 5-bit
+     * classifier) scored over every row, after which the rows that could matter are
+     * scored again from wcls (forward.c). draft.data is NULL when the file has none. */
+    sb_matrix draft;
     const sb_kernel_set *kernels;
     const sb_qkernel_set *qkernels; // quantized models: the int8 kernels in use, else NULL
     const char *format;           // "llama2c-fp32", "storybot-q8_0", ...
@@ -198,6 +202,13 @@ void sb_softmax(const sb_kernel_set *k, float *x, int n);
 // forward pass (forward.c)
 
 #define SB_KV_TILE 64 /* positions per tile of the key cache */
+/* A draft classifier's second pass (forward.c): rows whose draft logit is within
+ * SB_RESCORE_DELTA of the largest are scored again from wcls, a whole row block (SB_QK
+ * rows) at a time, at most SB_RESCORE_BLOCKS blocks (the delta halves until they fit).
+ * Measured in native/bench/twopass.c and README "The board's classifier". */
+#define SB_RESCORE_DELTA 6.0f
+#define SB_RESCORE_ROWS 256
+#define SB_RESCORE_BLOCKS 16
 
 typedef struct {
     float *x;          // (dim,) activation at the current position
@@ -207,6 +218,7 @@ typedef struct {
     float *q, *k, *v;  // (dim,) (kv_dim,) (kv_dim,)
     float *att;        // (n_heads, seq_len) attention scores
     float *logits;     // (vocab_size,)
+    int *rescore;      // (SB_RESCORE_ROWS,) rows the draft's second pass looks at
     /* Each head's keys and values are contiguous, so attention reads them as streams:
      * keys (layer, kv_head, tile, head_size, SB_KV_TILE), SB_KV_TILE positions per tile
      * along its rows (scores vectorize over t, one tile a contiguous block); values

@@ -6,11 +6,12 @@
  *   256-byte header: "SBQM", u32 version, "llama2\0\0", u32 format (1 q8_0, 2 q4_0,
  *   3 mixed), u32 group size (32), u32 rows per block (32), u32 alignment (64), 7 x i32
  *   config (vocab_size > 0), u32 shared classifier, 32 bytes sha256 of the source
- *   checkpoint, u64 file size, zeros. Then a type byte per matrix in file order (8 q8,
- *   6 q6, 5 q5, 4 q4, 32 fp32 row-major), zeros to a 64-byte boundary. Then 64-byte-aligned
- *   tensors: rms_att, rms_ffn, rms_final, embedding, per layer wq wk wv wo w1 w2 w3,
- *   classifier unless shared; each quantized matrix is its blocks (quant.c) then its
- *   fp16 scales.
+ *   checkpoint, u64 file size, u32 draft (1: a draft classifier is the last matrix),
+ *   zeros. Then a type byte per matrix in file order (8 q8, 6 q6, 5 q5, 4 q4, 32 fp32
+ *   row-major), zeros to a 64-byte boundary. Then 64-byte-aligned tensors: rms_att,
+ *   rms_ffn, rms_final, embedding, per layer wq wk wv wo w1 w2 w3, classifier unless
+ *   shared, draft classifier if any; each quantized matrix is its blocks (quant.c) then
+ *   its fp16 scales.
  * llama2.c ak42 version 2 (export.py --version 2, read by runq.c):
  *   256-byte header: u32 0x616b3432, i32 version 2, 7 x i32 config (vocab_size > 0),
  *   u8 shared classifier, i32 group size (unaligned, byte 37), zeros. Then fp32 rms_att,
@@ -29,7 +30,7 @@
 #define AK42_MAGIC 0x616b3432u /* "ak42" as export.py writes it */
 #define HEADER_BYTES 256
 #define SBQ_VERSION 2
-#define SBQ_MAX_MATRICES (1 + 7 * 64 + 1) /* type table bytes read (n_layers <= 64) */
+#define SBQ_MAX_MATRICES (1 + 7 * 64 + 2) /* type table bytes read (n_layers <= 64) */
 #define SBQ_ALIGN 64
 
 int sb_is_quant_magic(uint32_t magic) {
@@ -57,6 +58,7 @@ typedef struct {
     const unsigned char *types; // storybot: the type table (8, 6, 5, 4 or 32), in file order
     int next;                  // storybot: the next matrix's index in the table
     int group_size;
+    int draft;                 // storybot: a draft classifier follows the classifier
 } walker;
 
 static sb_type storybot_type(unsigned char code) {
@@ -129,6 +131,7 @@ static void walk(walker *w, sb_model *m) {
         }
     }
     m->wcls = c->shared ? m->embedding : take_matrix(w, c->vocab_size, dim);
+    if (w->draft) m->draft = take_matrix(w, c->vocab_size, dim);
 }
 
 // ----------------------------------------------------------------------------
@@ -138,6 +141,7 @@ static sb_status parse_storybot(const unsigned char *h, sb_model *m, walker *w,
                                 uint64_t *declared, char *err) {
     uint32_t version = u32_at(h + 4), fmt = u32_at(h + 16), gs = u32_at(h + 20);
     uint32_t rows = u32_at(h + 24), align = u32_at(h + 28), shared = u32_at(h + 60);
+    uint32_t draft = u32_at(h + 104);
     if (version != SBQ_VERSION) {
         return sb_fail(err, SB_ERR_FORMAT, "storybot model version %u; this library reads "
                        "version %d", version, SBQ_VERSION);
@@ -155,7 +159,8 @@ static sb_status parse_storybot(const unsigned char *h, sb_model *m, walker *w,
                        "library reads %d, %d, %d", gs, rows, align, SB_QK, SB_QK, SBQ_ALIGN);
     }
     if (shared > 1) return sb_fail(err, SB_ERR_FORMAT, "shared classifier flag is %u", shared);
-    for (int i = 104; i < HEADER_BYTES; i++) {
+    if (draft > 1) return sb_fail(err, SB_ERR_FORMAT, "draft classifier flag is %u", draft);
+    for (int i = 108; i < HEADER_BYTES; i++) {
         if (h[i]) return sb_fail(err, SB_ERR_FORMAT, "reserved header byte %d is not zero "
                                  "(a newer format?)", i);
     }
@@ -168,18 +173,20 @@ static sb_status parse_storybot(const unsigned char *h, sb_model *m, walker *w,
     memcpy(declared, h + 96, sizeof *declared);
     w->storybot = 1;
     w->group_size = SB_QK;
+    w->draft = (int)draft;
     m->format = fmt == 1 ? "storybot-q8_0" : fmt == 2 ? "storybot-q4_0" : "storybot-mixed";
     return SB_OK;
 }
 
 /* Reads and checks the type table (after the header) into types. */
-static sb_status read_types(int fd, uint64_t size, const sb_config *c, unsigned char *types,
-                            uint64_t *table_bytes, const char *path, char *err) {
+static sb_status read_types(int fd, uint64_t size, const sb_config *c, int draft,
+                            unsigned char *types, uint64_t *table_bytes, const char *path,
+                            char *err) {
     if (c->n_layers > 64) {
         return sb_fail(err, SB_ERR_FORMAT, "n_layers %d: storybot files hold at most 64",
                        c->n_layers);
     }
-    int n = 1 + 7 * c->n_layers + !c->shared;
+    int n = 1 + 7 * c->n_layers + !c->shared + draft;
     *table_bytes = align_up((uint64_t)n);
     if (size < HEADER_BYTES + *table_bytes) {
         return sb_fail(err, SB_ERR_FORMAT, "model %s is %llu bytes: truncated inside its "
@@ -199,6 +206,12 @@ static sb_status read_types(int fd, uint64_t size, const sb_config *c, unsigned 
             return sb_fail(err, SB_ERR_FORMAT, "matrix %d is quantized but its inner "
                            "dimension %d is not a multiple of %d", i, cols, SB_QK);
         }
+    }
+    // the second pass re-reads the draft's quantized input: both must be quantized
+    int cls = c->shared ? 0 : n - 1 - draft;
+    if (draft && (types[n - 1] == 32 || types[cls] == 32)) {
+        return sb_fail(err, SB_ERR_FORMAT, "a draft classifier needs it and the classifier "
+                       "quantized (types %u and %u)", types[n - 1], types[cls]);
     }
     return SB_OK;
 }
@@ -260,7 +273,7 @@ sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic
     sb_status s;
     if (magic == SBQ_MAGIC) {
         s = parse_storybot(h, m, &w, &declared, err);
-        if (s == SB_OK) s = read_types(fd, size, &m->cfg, types, &table, path, err);
+        if (s == SB_OK) s = read_types(fd, size, &m->cfg, w.draft, types, &table, path, err);
         w.types = types;
     } else {
         s = parse_ak42(h, m, &w, err);
@@ -294,10 +307,17 @@ sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic
     w.at = HEADER_BYTES + table;
     walk(&w, m);
 
-    // read per token: every matrix, the norms, and one embedding row (not the whole table)
+    // read per token: every matrix, the norms, and one embedding row (not the whole table);
+    // with a draft, the draft and at most SB_RESCORE_BLOCKS row blocks of the classifier
     uint64_t bytes = sizeof(float) * (uint64_t)m->cfg.dim * (2 * (uint64_t)L + 1);
     for (int i = 0; i < 7 * L; i++) bytes += bytes_of(&m->matrices[i]);
-    bytes += bytes_of(&m->wcls);
+    if (m->draft.data) {
+        uint64_t blocks = ((uint64_t)m->cfg.vocab_size + SB_QK - 1) / SB_QK;
+        uint64_t most = blocks < SB_RESCORE_BLOCKS ? blocks : SB_RESCORE_BLOCKS;
+        bytes += bytes_of(&m->draft) + bytes_of(&m->wcls) / blocks * most;
+    } else {
+        bytes += bytes_of(&m->wcls);
+    }
     bytes += bytes_of(&m->embedding) / (uint64_t)m->cfg.vocab_size;
     m->weight_bytes = (size_t)bytes;
     m->qkernels = sb_qkernels_pick(m->kernels == &sb_kernels_generic);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "testhooks.h"
 
 struct sb_context {
     sb_model model;
@@ -367,6 +368,20 @@ sb_status sb_score(sb_context *ctx, const int *tokens, int n, float *logprobs) {
     }
     ctx->started = 0; // the cache now holds this sequence, not a story
     return SB_OK;
+}
+
+int sb_test_logits(sb_context *ctx, const int *tokens, int n, float *logits, float *draft) {
+    const sb_config *c = ctx ? &ctx->model.cfg : NULL;
+    if (!ctx || !tokens || !logits || n < 1 || n > c->seq_len) return -1;
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) return -1;
+    }
+    if (draft && !ctx->model.draft.data) return -2;
+    for (int i = 0; i < n; i++) sb_forward(&ctx->model, &ctx->state, tokens[i], i, i == n - 1);
+    memcpy(logits, ctx->state.logits, sizeof(float) * (size_t)c->vocab_size);
+    if (draft) sb_matvec(&ctx->model, &ctx->state, draft, ctx->state.x, &ctx->model.draft);
+    ctx->started = 0;
+    return 0;
 }
 
 sb_status sb_model_info_get(const sb_context *ctx, sb_model_info *out) {

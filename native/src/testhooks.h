@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "storybot.h"
+
 /* Writes the names of this CPU's quantized kernel sets, comma-separated, into buf;
  * returns how many there are. */
 int sb_test_qkernels(char *buf, size_t len);
@@ -25,5 +27,10 @@ int sb_test_qmatvec(const char *kernels, int type, float *out, const int8_t *xq,
  * f16_mix(out, a, b, head_size, stride, n). Returns 0 or -1. */
 int sb_test_f16(const char *kernels, int op, float *out, const float *a, const void *b,
                 int head_size, int stride, int n);
+/* Runs tokens (n, from position 0) and writes the last position's logits (vocab_size,)
+ * into logits and, if the model has a draft classifier, the draft's logits for the same
+ * hidden state into draft (when not NULL). Returns 0, -1 for bad arguments, or -2 when
+ * draft was asked for and the model has none. */
+int sb_test_logits(sb_context *ctx, const int *tokens, int n, float *logits, float *draft);
 
 #endif

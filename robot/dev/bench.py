@@ -260,14 +260,13 @@ def whole_run(emu: List[str], plugin: str, argv: List[str], model: Path, tok: Pa
 
 
 def c906_row(label: str, argv: List[str], model: Path, tok: Path, mode: str,
-             env: Dict[str, str]) -> C906Row:
+             env: Dict[str, str], weight_bytes: int) -> C906Row:
     emu = shlex.split(env["QEMU_C906"])
     (i0, c0, out0, _), (i1, c1, out1, _) = (
         whole_run(emu, env["INSNCOUNT_C906_PLUGIN"], argv, model, tok, n, mode)
         for n in RISCV_STEPS)
     n = RISCV_STEPS[1] - RISCV_STEPS[0]
-    row = C906Row(label, model.name, mode, (i1 - i0) / n, (c1 - c0) / n,
-                  model.stat().st_size / 1e6)
+    row = C906Row(label, model.name, mode, (i1 - i0) / n, (c1 - c0) / n, weight_bytes / 1e6)
     row.modeled_tok_s = 1e9 / (row.cycles_per_token + row.weight_mb_per_token * 1e6)
     if out1 == out0:
         row.note = f"story ended before position {RISCV_STEPS[0]}: not per token"
@@ -285,21 +284,29 @@ def c906_table(rows: List[C906Row]) -> str:
 
 
 def bench_c906(models_: List[Path], baselines: List[str], tok: Path) -> List[C906Row]:
-    """storybot's XTheadVector CLI on every model, then each PROG::MODEL baseline."""
+    """storybot's XTheadVector CLI on every model, then each PROG::MODEL baseline. Weight
+    bytes per token: for storybot what its library reads (a draft classifier's file holds
+    a classifier it reads only in part), for a baseline its whole file."""
+    from ..engine import Engine
+
     env = riscv_env()
     build = make("build/xtheadvector-gcc14", env["RV_CC_XTHEAD"])
-    programs = [("storybot, XTheadVector", [str(build / "storybot-run")], m) for m in models_]
+    programs = []
+    for m in models_:
+        with Engine(m, tok) as e:
+            programs.append(("storybot, XTheadVector", [str(build / "storybot-run")], m,
+                             e.info.weight_bytes))
     for base in baselines:
         command, _, model = base.partition("::")
         if not model:
             raise ValueError(f"--riscv-baseline {base!r}: give PROG::MODEL")
         argv = shlex.split(command)
-        programs.append((Path(argv[0]).name, argv, Path(model)))
+        programs.append((Path(argv[0]).name, argv, Path(model), Path(model).stat().st_size))
     rows = []
-    for label, argv, model in programs:
+    for label, argv, model, weight_bytes in programs:
         for mode in RISCV_MODES:
             _LOGGER.info("counting %s on %s, %s", label, model.name, mode)
-            rows.append(c906_row(label, argv, model, tok, mode, env))
+            rows.append(c906_row(label, argv, model, tok, mode, env, weight_bytes))
     return rows
 
 

@@ -8,7 +8,7 @@ File layout (version 2, little-endian; native/src/model_quant.c reads it):
        0  4s   magic b"SBQM"
        4  u32  version (2)
        8  8s   architecture b"llama2\\0\\0"
-      16  u32  format: 1 = q8_0, 2 = q4_0 (every matrix that width), 3 = mixed widths
+      16  u32  format: 1 = q8_0, 2 = q4_0 (every matrix but a draft that width), 3 = mixed
       20  u32  group size (32 columns share one scale)
       24  u32  rows per block (32)
       28  u32  tensor alignment in bytes (64)
@@ -16,16 +16,19 @@ File layout (version 2, little-endian; native/src/model_quant.c reads it):
       60  u32  shared classifier (1: the classifier is the token embedding)
       64  32s  sha256 of the source checkpoint
       96  u64  file size in bytes
-     104       zeros up to 256
+     104  u32  draft (1: a draft classifier, a cheaper copy of the classifier, is the
+               last matrix; the library scores it first, then the rows near its top
+               again from the classifier: forward.c)
+     108       zeros up to 256
     type table at 256: one byte per matrix in file order (token embedding, per layer
-      wq wk wv wo w1 w2 w3, classifier unless shared): 8 = q8, 6 = q6, 5 = q5, 4 = q4,
+      wq wk wv wo w1 w2 w3, classifier unless shared, draft if any): 8 = q8, 6 = q6, 5 = q5, 4 = q4,
       32 = fp32
       row-major (a matrix whose inner dimension is not a multiple of 32); zeros up to
       the next 64-byte boundary
     tensors, each starting on a 64-byte boundary, zero padding between:
       rms_att (L, dim) f32, rms_ffn (L, dim) f32, rms_final (dim,) f32,
       token embedding, then per layer wq, wk, wv, wo, w1, w2, w3, then the classifier
-      unless shared. Each quantized matrix is its blocks then its fp16 scales:
+      unless shared, then the draft if any. Each quantized matrix is its blocks then its fp16 scales:
         blocks of 32 rows (the last padded with zero rows); in block b, group g, the
         32 x 32 weights are stored column by column, a column's 32 rows contiguous:
           q8: int8 q, byte ((b * ng + g) * 32 + j) * 32 + r = W[32b + r][32g + j]
@@ -49,6 +52,7 @@ has updated them by the time it reaches the group.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import struct
@@ -65,7 +69,7 @@ GROUP = 32
 ROWS = 32
 ALIGN = 64
 HEADER_SIZE = 256
-_HEADER = struct.Struct("<4sI8sIIII7iI32sQ")
+_HEADER = struct.Struct("<4sI8sIIII7iI32sQI")
 CONFIG_NAMES = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
                 "seq_len")
 KINDS = ("token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "wcls")
@@ -74,7 +78,8 @@ TYPES = (Q8, Q6, Q5, Q4, F32)
 WIDTHS = (Q8, Q6, Q5, Q4)
 
 # Named formats: bits per kind of matrix (the classifier, when not shared, follows the
-# embedding unless named) and the rounding method.
+# embedding unless named; "draft", if not 0, the width of a draft classifier) and the
+# rounding method.
 FORMATS: Dict[str, Tuple[Dict[str, int], str]] = {
     "q8_0": ({k: 8 for k in KINDS}, "rtn"),
     "q4_0": ({k: 4 for k in KINDS}, "rtn"),
@@ -82,7 +87,7 @@ FORMATS: Dict[str, Tuple[Dict[str, int], str]] = {
     # the board's model (README, "Models and what they cost"): GPTQ, each kind at the
     # width its sensitivity asks for; perplexity 1.007x fp32's in 11.7 MB
     "board": ({"token_embedding": 5, "wq": 4, "wk": 4, "wv": 8, "wo": 6, "w1": 6, "w2": 8,
-               "w3": 8}, "gptq"),
+               "w3": 8, "draft": 4}, "gptq"),
 }
 FORMAT_IDS = {"q8_0": 1, "q4_0": 2}
 MIXED_ID = 3
@@ -102,6 +107,7 @@ class Config:
     vocab_size: int
     seq_len: int
     shared: bool
+    draft: bool = False  # the file stores a draft classifier (not llama2.c's config)
 
     @property
     def kv_dim(self) -> int:
@@ -329,6 +335,8 @@ def matrix_names(c: Config) -> List[Tuple[str, Tuple[int, int]]]:
                 (f"w3.{l}", (hid, d))]
     if not c.shared:
         out.append(("wcls", (c.vocab_size, d)))
+    if c.draft:
+        out.append(("draft", (c.vocab_size, d)))
     return out
 
 
@@ -339,6 +347,8 @@ def matrix_types(c: Config, bits: Dict[str, int]) -> List[int]:
     for name, (_, cols) in matrix_names(c):
         kind = name.partition(".")[0]
         b = bits.get(kind, bits.get("token_embedding")) if kind == "wcls" else bits[kind]
+        if kind == "draft" and cols % GROUP:
+            raise FormatError(f"a draft classifier needs dim a multiple of {GROUP}")
         if b not in WIDTHS:
             raise FormatError(f"{kind}: {b} bits; storybot stores 4, 5, 6 or 8")
         out.append(F32 if cols % GROUP else b)
@@ -371,14 +381,16 @@ def layout(c: Config, types: List[int]) -> List[Tuple[str, Tuple[int, ...], int,
 
 
 def parse_bits(spec: str, base: Dict[str, int]) -> Dict[str, int]:
-    """"token_embedding=8,wv=8" (or "embedding=8") over a format's bits per kind."""
+    """"token_embedding=8,wv=8" (or "embedding=8") over a format's bits per kind;
+    "draft=4" adds a draft classifier, "draft=0" leaves it out."""
     out = dict(base)
     for item in filter(None, (s.strip() for s in spec.split(","))):
         kind, _, value = item.partition("=")
         kind = "token_embedding" if kind == "embedding" else kind
-        if kind not in KINDS or not value.isdigit() or int(value) not in WIDTHS:
+        widths = WIDTHS + (0,) if kind == "draft" else WIDTHS
+        if kind not in KINDS + ("draft",) or not value.isdigit() or int(value) not in widths:
             raise FormatError(f"--bits item {item!r}: want KIND=4|5|6|8 with KIND one of "
-                              f"embedding, {', '.join(KINDS[1:])}")
+                              f"embedding, {', '.join(KINDS[1:])}, draft (also draft=0)")
         out[kind] = int(value)
     return out
 
@@ -414,7 +426,7 @@ class Progress:
 def pack_header(c: Config, format_id: int, sha_hex: str, file_size: int,
                 types: List[int]) -> bytes:
     head = _HEADER.pack(MAGIC, VERSION, ARCH, format_id, GROUP, ROWS, ALIGN, *c.ints(),
-                        int(c.shared), bytes.fromhex(sha_hex), file_size)
+                        int(c.shared), bytes.fromhex(sha_hex), file_size, int(c.draft))
     head += b"\0" * (HEADER_SIZE - len(head))
     table = bytes(types)
     return head + table + b"\0" * (table_size(c) - len(table))
@@ -437,7 +449,8 @@ def write_quantized(c: Config, tensors, out_path, bits: Dict[str, int], method: 
     kinds = dict(zip((n for n, _ in matrix_names(c)), types))
     tmp = Path(str(out_path) + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(pack_header(c, format_id(types), sha_hex, size, types))
+        body = types[:-1] if c.draft else types  # the format names the model, not its draft
+        f.write(pack_header(c, format_id(body), sha_hex, size, types))
         for name, shape, offset, nbytes in plan[:-1]:
             if name.endswith(".scales"):
                 continue
@@ -446,13 +459,14 @@ def write_quantized(c: Config, tensors, out_path, bits: Dict[str, int], method: 
                 f.write(np.ascontiguousarray(tensors[name], dtype="<f4").tobytes())
             else:
                 base, _, layer = name.partition(".")
+                base = "wcls" if base == "draft" else base  # the draft: the classifier again
                 w = np.asarray(tensors[base][int(layer)] if layer else tensors[base], np.float32)
                 t = kinds[name]
                 if t == F32:
                     f.write(np.ascontiguousarray(w, dtype="<f4").tobytes())
                 else:
-                    qs = (quantize_gptq(w, hessians[name], t) if method == "gptq"
-                          else quantize_rtn(w, t))
+                    h = hessians[base if name == "draft" else name] if method == "gptq" else None
+                    qs = quantize_gptq(w, h, t) if method == "gptq" else quantize_rtn(w, t)
                     data, scales = pack_blocks(*qs, t)
                     f.write(data)
                     f.write(b"\0" * (_align(f.tell()) - f.tell()))
@@ -474,13 +488,13 @@ def read_header(path) -> Header:
         if len(raw) < HEADER_SIZE:
             raise FormatError(f"{path} is truncated inside its header")
         (_, version, arch, fmt_id, gs, rows, align, *rest) = _HEADER.unpack_from(raw)
-        ints, shared, sha, size = rest[:7], rest[7], rest[8], rest[9]
+        ints, shared, sha, size, draft = rest[:7], rest[7], rest[8], rest[9], rest[10]
         if version != VERSION:
             raise FormatError(f"{path}: version {version}, this storybot reads {VERSION}")
         if arch != ARCH or fmt_id not in (1, 2, MIXED_ID) or gs != GROUP or rows != ROWS \
-                or align != ALIGN:
+                or align != ALIGN or draft > 1:
             raise FormatError(f"{path}: unsupported architecture/format/group/rows/alignment")
-        c = Config(*ints, shared=bool(shared))
+        c = Config(*ints, shared=bool(shared), draft=bool(draft))
         types = list(f.read(len(matrix_names(c))))
     names = {1: "q8_0", 2: "q4_0", MIXED_ID: "mixed"}
     return Header(names[fmt_id], gs, c, sha.hex(), size, types)
@@ -539,6 +553,7 @@ def convert(src, dst, fmt: str = "q8_0", show_progress: Optional[bool] = None,
     per_kind = parse_bits(bits or "", base)
     method = method or default_method
     c, tensors = read_llama2c(src)
+    c = dataclasses.replace(c, draft=bool(per_kind.get("draft")))
     types = matrix_types(c, per_kind)
     if log and F32 in types:
         kept = [n for (n, _), t in zip(matrix_names(c), types) if t == F32]
@@ -578,7 +593,8 @@ def register(sub) -> None:
                    help="widths and method (default: %(default)s)")
     p.add_argument("--bits", default=None,
                    help="override widths per kind of matrix, e.g. 'embedding=4,wv=8,w2=8' "
-                        "(kinds: embedding, wq, wk, wv, wo, w1, w2, w3, wcls)")
+                        "(kinds: embedding, wq, wk, wv, wo, w1, w2, w3, wcls; draft=4 adds a "
+                        "4-bit draft classifier, draft=0 drops the format's)")
     p.add_argument("--method", choices=["rtn", "gptq"], default=None,
                    help="round to nearest, or GPTQ calibrated on text (default: the "
                         "format's)")
