@@ -602,3 +602,33 @@ def test_draft_headers_are_checked(drafted, tokenizer_path, tmp_path):
     table = 256 + len(h.types) - 1
     err = open_error(patched(d, tmp_path / "f32.bin", table, b"\x20"), tokenizer_path)
     assert "draft classifier needs" in str(err)
+
+
+def mapped_kib(path) -> int:
+    """This process's resident KiB of the mapping of path (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_classifier_with_a_draft_is_read_not_mapped(model_path, tokenizer_path, tmp_path):
+    """With a draft the classifier's row blocks are read from the file as the second pass
+    and the embedding ask for them: after the first token (every layer and the draft
+    resident) stories add nothing to the model's mapping, where mapped blocks would add
+    most of the classifier's 6 MB over three stories."""
+    files = drafted_files(model_path, tmp_path)
+    path = files["draft"].resolve()
+    with Engine(path, tokenizer_path) as e:
+        list(e.tokens("Once", Params(steps=3, seed=1)))
+        first = mapped_kib(path)
+        for seed in (1, 2, 3):
+            assert len(list(e.tokens("Once upon a time", Params(steps=128, seed=seed)))) > 20
+        grown = mapped_kib(path) - first
+    plan = {n: nb for n, _, _, nb in Q.layout(Q.read_header(path).config, Q.read_header(path).types)}
+    layers_and_draft = (path.stat().st_size - plan["token_embedding"]) // 1024
+    assert first >= layers_and_draft * 0.9 and grown <= 16, (first, grown)

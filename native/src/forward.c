@@ -35,11 +35,14 @@ sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
     size_t sizes[] = {c->dim, c->dim, c->dim, c->hidden_dim, c->hidden_dim, c->hidden_dim,
                       c->dim, c->kv_dim, c->kv_dim, (size_t)c->n_heads * c->seq_len,
                       c->vocab_size, cache_floats, cache_floats, c->head_size / 2,
-                      c->head_size / 2, c->head_size / 2, (wide + 3) / 4, groups, groups, SB_RESCORE_ROWS};
-    float *qx_q = NULL, *qx_s = NULL, *qx_sum = NULL, *rescore = NULL;
+                      c->head_size / 2, c->head_size / 2, (wide + 3) / 4, groups, groups, SB_RESCORE_ROWS,
+                      // a row block at up to 8 bits with fp16 scales (sb_block_bytes)
+                      ((size_t)SB_QK * c->dim + 2 * (size_t)c->dim + 3) / 4};
+    float *qx_q = NULL, *qx_s = NULL, *qx_sum = NULL, *rescore = NULL, *cls_block = NULL;
     float **slots[] = {&s->x, &s->xb, &s->xb2, &s->hb, &s->hb2, &s->ex, &s->q, &s->k, &s->v,
                        &s->att, &s->logits, &s->key_cache, &s->value_cache, &s->rope_freq,
-                       &s->rope_cos, &s->rope_sin, &qx_q, &qx_s, &qx_sum, &rescore};
+                       &s->rope_cos, &s->rope_sin, &qx_q, &qx_s, &qx_sum, &rescore,
+                       &cls_block};
     size_t n = sizeof(sizes) / sizeof(sizes[0]), total = 0;
     for (size_t i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15; // 64-byte aligned slots
     if (total > budget / sizeof(float)) {
@@ -61,6 +64,7 @@ sb_status sb_state_init(sb_state *s, const sb_config *c, int n_threads,
     }
     s->qx = (sb_state_q){(int8_t *)qx_q, qx_s, (int32_t *)qx_sum};
     s->rescore = (int *)rescore;
+    s->cls_block = (unsigned char *)cls_block;
     if (kv_fp16) {
         s->key_cache_h = (uint16_t *)s->key_cache;
         s->value_cache_h = (uint16_t *)s->value_cache;
@@ -241,9 +245,13 @@ static void matvec_part(void *arg, int index, int count) {
     if (r1 > r0) matvec_rows(j->m, j->qx, j->out, j->x, j->w, r0, r1);
 }
 
-void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w) {
+/* sb_matvec; ready: s->qx already holds x quantized (an earlier product of the same x,
+ * as q, k and v share one). Returns whether s->qx holds x now. */
+static int matvec_q(const sb_model *m, sb_state *s, float *out, const float *x,
+                    const sb_matrix *w, int ready) {
     SB_REGION(22);
-    if (w->type != SB_F32 && w->type != SB_F32_ROWS) sb_quantize_input(m, &s->qx, x, w->cols);
+    int quantized = w->type != SB_F32 && w->type != SB_F32_ROWS;
+    if (quantized && !ready) sb_quantize_input(m, &s->qx, x, w->cols);
     if (!s->pool) {
         matvec_rows(m, &s->qx, out, x, w, 0, w->rows);
     } else {
@@ -251,6 +259,11 @@ void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const
         sb_pool_run(s->pool, matvec_part, &job);
     }
     SB_REGION(23);
+    return ready || quantized;
+}
+
+void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const sb_matrix *w) {
+    matvec_q(m, s, out, x, w, 0);
 }
 
 /* The draft classifier's second pass: the row blocks holding a logit within delta of
@@ -276,9 +289,31 @@ static void rescore(const sb_model *m, sb_state *s) {
     }
     if (nb > SB_RESCORE_BLOCKS) nb = SB_RESCORE_BLOCKS; // only ties get here: the first blocks
     for (int i = 0; i < nb; i++) {
-        int r0 = blocks[i] * SB_QK, r1 = r0 + SB_QK < v ? r0 + SB_QK : v;
-        sb_matvec_quant_rows(m, &s->qx, s->logits, &m->wcls, r0, r1);
+        sb_matrix blk;
+        int e = sb_read_block(m, blocks[i], s->cls_block, &blk);
+        if (e) {
+            s->read_error = e; // the block keeps its draft logits; storybot.c reports it
+            continue;
+        }
+        sb_matvec_quant_rows(m, &s->qx, s->logits + blocks[i] * SB_QK, &blk, 0, blk.rows);
     }
+}
+
+/* x = token's embedding; from its row block read from the file when the classifier (the
+ * shared embedding) is read by blocks. */
+static void embed(const sb_model *m, sb_state *s, int token, float *x) {
+    if (!m->draft.data || !m->cfg.shared) {
+        sb_model_embed(m, token, x);
+        return;
+    }
+    sb_matrix blk;
+    int e = sb_read_block(m, token / SB_QK, s->cls_block, &blk);
+    if (e) {
+        s->read_error = e;
+        memset(x, 0, sizeof(float) * (size_t)m->cfg.dim); // reported before any logit is used
+        return;
+    }
+    sb_dequantize_row(&blk, token % SB_QK, x);
 }
 
 void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_logits) {
@@ -287,14 +322,14 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
     float *x = s->x;
     int exact = sb_exact(m, s->key_cache_h != NULL);
 
-    sb_model_embed(m, token, x);
+    embed(m, s, token, x);
     rope_angles(s, hs, pos);
 
     for (int l = 0; l < c->n_layers; l++) {
         rmsnorm(s->xb, x, m->rms_att + (size_t)l * dim, dim);
-        sb_matvec(m, s, s->q, s->xb, &m->wq[l]);
-        sb_matvec(m, s, s->k, s->xb, &m->wk[l]);
-        sb_matvec(m, s, s->v, s->xb, &m->wv[l]);
+        int ready = matvec_q(m, s, s->q, s->xb, &m->wq[l], 0);
+        ready = matvec_q(m, s, s->k, s->xb, &m->wk[l], ready);
+        matvec_q(m, s, s->v, s->xb, &m->wv[l], ready);
         rope(s->q, dim, hs, s->rope_cos, s->rope_sin);
         rope(s->k, kvd, hs, s->rope_cos, s->rope_sin);
         SB_REGION(24);
@@ -306,8 +341,8 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
 
         // ffn: w2(silu(w1(x)) * w3(x))
         rmsnorm(s->xb, x, m->rms_ffn + (size_t)l * dim, dim);
-        sb_matvec(m, s, s->hb, s->xb, &m->w1[l]);
-        sb_matvec(m, s, s->hb2, s->xb, &m->w3[l]);
+        ready = matvec_q(m, s, s->hb, s->xb, &m->w1[l], 0);
+        matvec_q(m, s, s->hb2, s->xb, &m->w3[l], ready);
         if (exact) {
             for (int i = 0; i < hid; i++) s->ex[i] = -s->hb[i];
             m->kernels->expf_n(s->ex, s->ex, hid);

@@ -81,10 +81,13 @@ typedef struct {
     sb_matrix *w1, *w2, *w3;      // per layer: (hidden, dim) (dim, hidden) (hidden, dim)
     sb_matrix wcls;               // (vocab_size, dim)
     sb_matrix embedding;          // quantized models: the token embedding (vocab_size, dim)
-    /* Quantized models may carry a draft: a cheaper copy of wcls (e.g. 4 bits for a 5-bit
-     * classifier) scored over every row, after which the rows that could matter are
-     * scored again from wcls (forward.c). draft.data is NULL when the file has none. */
+    /* Quantized models may carry a draft: a cheaper copy of wcls (e.g. 4 bits for an
+     * 8-bit classifier) scored over every row, after which the rows that could matter
+     * are scored again from wcls (forward.c). draft.data is NULL when the file has none.
+     * wcls is then read a row block at a time from fd (sb_read_block), never through
+     * the map: the blocks a story asks for vary, and mapped they would stay resident. */
     sb_matrix draft;
+    int fd;                       // with a draft: the open file, else -1
     const sb_kernel_set *kernels;
     const sb_qkernel_set *qkernels; // quantized models: the int8 kernels in use, else NULL
     const char *format;           // "llama2c-fp32", "storybot-q8_0", ...
@@ -119,8 +122,13 @@ void sb_model_free(sb_model *m);
 sb_status sb_model_alloc_matrices(sb_model *m, char *err);
 /* Bits per weight of a matrix type (quant.c). */
 int sb_type_bits(sb_type type);
-/* Copies token's embedding row into out (dim,). */
+/* Copies token's embedding row into out (dim,) (not for a classifier read by blocks). */
 void sb_model_embed(const sb_model *m, int token, float *out);
+/* Bytes of one row block of a matrix (data, then scales) as sb_read_block reads it. */
+size_t sb_block_bytes(const sb_matrix *w);
+/* Reads row block b (rows [b * SB_QK, ...)) of m->wcls from m->fd into buf
+ * (sb_block_bytes) and points *blk at it, a matrix of its rows; 0, or an errno value. */
+int sb_read_block(const sb_model *m, int b, unsigned char *buf, sb_matrix *blk);
 
 // ----------------------------------------------------------------------------
 // quantized models (model_quant.c, quant.c)
@@ -219,6 +227,8 @@ typedef struct {
     float *att;        // (n_heads, seq_len) attention scores
     float *logits;     // (vocab_size,)
     int *rescore;      // (SB_RESCORE_ROWS,) rows the draft's second pass looks at
+    unsigned char *cls_block; // one row block of a classifier read by blocks (sb_block_bytes)
+    int read_error;    // errno of a failed sb_read_block since the last check, else 0
     /* Each head's keys and values are contiguous, so attention reads them as streams:
      * keys (layer, kv_head, tile, head_size, SB_KV_TILE), SB_KV_TILE positions per tile
      * along its rows (scores vectorize over t, one tile a contiguous block); values

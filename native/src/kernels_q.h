@@ -35,7 +35,9 @@ typedef struct {
     sb_qmatvec_fn matvec_q6;      // SB_Q6 blocks (NULL: the portable kernel)
     /* fp16 KV cache: dst (n,) = src rounded to IEEE half */
     void (*f16_store)(uint16_t *dst, const float *src, int n);
-    /* att[t] = sum_i q[i] * kt[i * seq_len + t] for t < n (keys transposed) */
+    /* att[t] = sum_i q[i] * kt[i * seq_len + t] for t < n (keys transposed); here and in
+     * f16_mix each product is fused into the sum from i (t) = 0 upwards, as fmaf does, so
+     * every set gives the same bits */
     void (*f16_scores)(float *att, const float *q, const uint16_t *kt, int head_size,
                        int seq_len, int n);
     /* out[i] = sum_t att[t] * v[t * stride + i] for i < head_size, t < n */

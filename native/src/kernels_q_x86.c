@@ -16,6 +16,7 @@
 #if defined(__x86_64__)
 #ifndef SB_QX86_BODY
 #include <cpuid.h>
+#include <math.h>
 #include <immintrin.h>
 #include <string.h>
 
@@ -441,23 +442,23 @@ ATTR static inline __m256 load_f16(const uint16_t *p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
-/* Eight positions at a time, the sum over i kept in a register. Each product rounded,
- * then added (no FMA), as the portable kernels and the C906's compute it, so every set
- * gives the same attention from the same fp16 cache. */
+/* Eight positions at a time, the sum over i kept in a register. Each product fused into
+ * its sum (one rounding), as the portable kernels (fmaf) and the C906's compute it, so
+ * every set gives the same attention from the same fp16 cache. */
 ATTR static void f16_scores_avx2(float *att, const float *q, const uint16_t *kt, int head_size,
                                  int seq_len, int n) {
     int t = 0;
     for (; t + 8 <= n; t += 8) {
         __m256 acc = _mm256_setzero_ps();
         for (int i = 0; i < head_size; i++) {
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[i]),
-                                                   load_f16(kt + (size_t)i * seq_len + t)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(q[i]), load_f16(kt + (size_t)i * seq_len + t),
+                                  acc);
         }
         _mm256_storeu_ps(att + t, acc);
     }
     for (; t < n; t++) {
         float a = 0.0f;
-        for (int i = 0; i < head_size; i++) a += q[i] * sb_f16_to_f32(kt[(size_t)i * seq_len + t]);
+        for (int i = 0; i < head_size; i++) a = fmaf(q[i], sb_f16_to_f32(kt[(size_t)i * seq_len + t]), a);
         att[t] = a;
     }
 }
@@ -470,15 +471,15 @@ ATTR static void f16_mix_avx2(float *out, const float *att, const uint16_t *v, i
         for (int t = 0; t < n; t++) {
             const uint16_t *vt = v + (size_t)t * stride + i;
             __m256 at = _mm256_set1_ps(att[t]);
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(at, load_f16(vt)));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(at, load_f16(vt + 8)));
+            a0 = _mm256_fmadd_ps(at, load_f16(vt), a0);
+            a1 = _mm256_fmadd_ps(at, load_f16(vt + 8), a1);
         }
         _mm256_storeu_ps(out + i, a0);
         _mm256_storeu_ps(out + i + 8, a1);
     }
     for (; i < head_size; i++) {
         float a = 0.0f;
-        for (int t = 0; t < n; t++) a += att[t] * sb_f16_to_f32(v[(size_t)t * stride + i]);
+        for (int t = 0; t < n; t++) a = fmaf(att[t], sb_f16_to_f32(v[(size_t)t * stride + i]), a);
         out[i] = a;
     }
 }

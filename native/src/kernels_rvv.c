@@ -95,7 +95,8 @@ void sb_f16_store_xt(uint16_t *dst, const float *src, int n) {
     }
 }
 
-/* out[lane] = sum over `count` steps of f[j] * half(h[lane + j * step]), j = 0..; at
+/* out[lane] = sum over `count` steps of f[j] * half(h[lane + j * step]), j = 0.., each
+ * product fused into the sum (vfmacc: one rounding, as every set's fmaf does); at
  * most 32 lanes (e32m8), or 16 at half the cost (e32m4: the C906 takes as long for a
  * vector whatever vl, so a short tail, as a head of 48 leaves, goes to the smaller one). */
 #define F16_DOT_LANES(name, lmul16, lmul32)                                                  \
@@ -112,8 +113,7 @@ void sb_f16_store_xt(uint16_t *dst, const float *src, int n) {
                          "th.vle.v v0, (%[h])\n\t"                                           \
                          "th.vfwcvt.f.f.v v8, v0\n\t"                                        \
                          "th.vsetvli zero, %[vl], e32, " lmul32 "\n\t"                       \
-                         "th.vfmul.vf v8, v8, %[fj]\n\t"                                     \
-                         "th.vfadd.vv v24, v24, v8\n\t"                                      \
+                         "th.vfmacc.vf v24, %[fj], v8\n\t"                                   \
                          "addi %[f], %[f], 4\n\t"                                            \
                          "add %[h], %[h], %[step]\n\t"                                       \
                          "addi %[count], %[count], -1\n\t"                                   \

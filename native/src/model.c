@@ -199,6 +199,7 @@ sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kern
                         size_t limit, char *err) {
     memset(m, 0, sizeof(*m));
     m->kernels = kernels;
+    m->fd = -1;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return sb_fail(err, SB_ERR_IO, "cannot open model %s: %s", path, strerror(errno));
     struct stat st;
@@ -222,7 +223,11 @@ sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kern
     memcpy(&magic, header, sizeof magic);
     if (sb_is_quant_magic(magic)) { // storybot q8_0/q4_0 or llama2.c ak42 (model_quant.c)
         sb_status sq = sb_model_load_quant(m, fd, size, magic, path, err);
-        close(fd); // a mapping keeps the file
+        if (sq == SB_OK && m->draft.data) {
+            m->fd = fd; // its classifier is read by blocks
+        } else {
+            close(fd); // a mapping keeps the file
+        }
         if (sq != SB_OK) sb_model_free(m);
         return sq;
     }
@@ -255,9 +260,11 @@ sb_status sb_model_load(sb_model *m, const char *path, const sb_kernel_set *kern
 
 void sb_model_free(sb_model *m) {
     if (m->map) munmap(m->map, m->map_len);
+    if (m->draft.data && m->fd >= 0) close(m->fd); // a model never loaded has no draft
     free(m->packed);
     free(m->matrices);
     memset(m, 0, sizeof(*m));
+    m->fd = -1;
 }
 
 void sb_model_embed(const sb_model *m, int token, float *out) {

@@ -19,6 +19,7 @@
  *   all wq, all wk, all wv, all wo, all w1, all w2, all w3, classifier unless shared.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -255,6 +256,41 @@ static sb_status check_groups(const sb_config *c, int gs, char *err) {
 }
 
 // ----------------------------------------------------------------------------
+// a classifier read by blocks (models with a draft)
+
+size_t sb_block_bytes(const sb_matrix *w) {
+    return (size_t)SB_QK * (size_t)w->cols * (size_t)sb_type_bits(w->type) / 8
+         + (size_t)SB_QK * (size_t)(w->cols / SB_QK) * sizeof(uint16_t);
+}
+
+static int read_at(int fd, unsigned char *buf, size_t n, uint64_t at) {
+    while (n > 0) {
+        ssize_t got = pread(fd, buf, n, (off_t)at);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return got < 0 ? errno : EIO; // 0: the file shrank under us
+        buf += got;
+        n -= (size_t)got;
+        at += (uint64_t)got;
+    }
+    return 0;
+}
+
+int sb_read_block(const sb_model *m, int b, unsigned char *buf, sb_matrix *blk) {
+    const sb_matrix *w = &m->wcls;
+    size_t data = (size_t)SB_QK * (size_t)w->cols * (size_t)sb_type_bits(w->type) / 8;
+    size_t scales = sb_block_bytes(w) - data;
+    const unsigned char *base = m->map;
+    uint64_t at = (uint64_t)((const unsigned char *)w->data - base) + (uint64_t)b * data;
+    uint64_t sat = (uint64_t)((const unsigned char *)w->scales - base) + (uint64_t)b * scales;
+    int e = read_at(m->fd, buf, data, at);
+    if (!e) e = read_at(m->fd, buf + data, scales, sat);
+    int rows = w->rows - b * SB_QK;
+    *blk = (sb_matrix){w->type, rows < SB_QK ? rows : SB_QK, w->cols, buf, buf + data,
+                       w->group_size};
+    return e;
+}
+
+// ----------------------------------------------------------------------------
 // load
 
 sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic,
@@ -321,5 +357,9 @@ sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic
     bytes += bytes_of(&m->embedding) / (uint64_t)m->cfg.vocab_size;
     m->weight_bytes = (size_t)bytes;
     m->qkernels = sb_qkernels_pick(m->kernels == &sb_kernels_generic);
+    if (m->draft.data) { // read by blocks from now on (model.c keeps fd open for it)
+        uint64_t at = (uint64_t)((const unsigned char *)m->wcls.data - (unsigned char *)map);
+        posix_fadvise(fd, (off_t)at, (off_t)bytes_of(&m->wcls), POSIX_FADV_RANDOM); // advice
+    }
     return SB_OK;
 }

@@ -211,7 +211,7 @@ void sb_f16_scores_generic(float *att, const float *q, const uint16_t *kt, int h
     memset(att, 0, sizeof(float) * (size_t)n);
     for (int i = 0; i < head_size; i++) {
         const uint16_t *krow = kt + (size_t)i * seq_len;
-        for (int t = 0; t < n; t++) att[t] += q[i] * sb_f16_to_f32(krow[t]);
+        for (int t = 0; t < n; t++) att[t] = fmaf(q[i], sb_f16_to_f32(krow[t]), att[t]);
     }
 }
 
@@ -220,7 +220,7 @@ void sb_f16_mix_generic(float *out, const float *att, const uint16_t *v, int hea
     memset(out, 0, sizeof(float) * (size_t)head_size);
     for (int t = 0; t < n; t++) {
         const uint16_t *vt = v + (size_t)t * stride;
-        for (int i = 0; i < head_size; i++) out[i] += att[t] * sb_f16_to_f32(vt[i]);
+        for (int i = 0; i < head_size; i++) out[i] = fmaf(att[t], sb_f16_to_f32(vt[i]), out[i]);
     }
 }
 

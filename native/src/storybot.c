@@ -241,6 +241,12 @@ sb_status sb_start(sb_context *ctx, uint64_t story, const char *prompt) {
  * activations overflow. Sampling them would pick garbage (or nothing, in top-p). */
 static sb_status check_logits(sb_context *ctx, int pos) {
     const float *logits = ctx->state.logits;
+    if (ctx->state.read_error) { // a row block of the classifier (read by blocks) failed
+        int e = ctx->state.read_error;
+        ctx->state.read_error = 0;
+        return sb_fail(ctx->err, SB_ERR_IO, "cannot read the classifier's rows from the model "
+                       "file at position %d: %s", pos, strerror(e));
+    }
     // in vectors first: this scan alone costs the C906 ~9 cycles a logit
     if (ctx->model.kernels->finite_n(logits, ctx->model.cfg.vocab_size)) return SB_OK;
     for (int i = 0; i < ctx->model.cfg.vocab_size; i++) {
