@@ -25,7 +25,7 @@ from test_install import board_bundle, need, userland  # noqa: F401  (board_bund
 from test_voicehost import wav_seconds
 
 from robot import link, seal
-from robot.dev import bench, bundle, memory
+from robot.dev import bench, bundle, memory, quantize
 from robot.engine import Engine, Params
 from robot.story import Story, is_complete
 from robot.voicehost import VoiceHost, VoiceHostSettings
@@ -94,10 +94,15 @@ def test_the_bundle_says_what_it_holds_and_needs(board_bundle):  # noqa: F811
     present = {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()}
     assert listed == present - {"MANIFEST"}
     m = board_bundle.measurements
-    # the model is mapped, and every token reads all of it
-    model_mb = (d / "models" / bundle.MODEL_NAME).stat().st_size / 2**20
-    assert m.cli_model_mb > 0.95 * model_mb and m.cli_peak_mb > m.cli_model_mb
-    assert m.daemon_model_mb > 0.95 * model_mb and m.daemon_peak_mb > m.daemon_model_mb + 5
+    # the model is mapped and every token reads all of it, but for its classifier, which
+    # a draft stands in for: that is read a few blocks a token, not mapped
+    path = d / "models" / bundle.MODEL_NAME
+    classifier_mb = quantize.classifier_read_by_blocks(path) / 2**20
+    model_mb = path.stat().st_size / 2**20 - classifier_mb
+    assert classifier_mb > 5
+    for mapped, peak in ((m.cli_model_mb, m.cli_peak_mb), (m.daemon_model_mb, m.daemon_peak_mb)):
+        assert 0.95 * model_mb < mapped < model_mb + 0.5 * classifier_mb and peak > mapped
+    assert m.daemon_peak_mb > m.daemon_model_mb + 5
     assert m.daemon_sentences > 0
     assert all(m.insns_per_token[rel] > 0 for rel in bundle.COUNTED)
     text = (d / "BUNDLE.txt").read_text()
@@ -149,8 +154,9 @@ def test_the_memory_breakdown_accounts_for_the_daemons_steps(board_bundle, root)
     totals = [sum(now.values()) for _, now in rows]
     assert totals[0] > 4 * 2**20 and totals == sorted(totals)
     before, after = rows[-2][1], rows[-1][1]
-    assert after[bundle.MODEL_NAME] > 0.95 * (board_bundle.directory / "models" /
-                                              bundle.MODEL_NAME).stat().st_size
+    model = board_bundle.directory / "models" / bundle.MODEL_NAME
+    mapped = model.stat().st_size - quantize.classifier_read_by_blocks(model)
+    assert 0.95 * mapped < after[bundle.MODEL_NAME] < 1.1 * mapped
     assert before.get(bundle.MODEL_NAME, 0) < 2**20  # mapped, not yet read
     # fp16 KV cache (1.7 MiB) + activations + the tokenizer's (0.6 MiB) and the
     # sampler's (0.25 MiB) tables: 2.5 MiB, where the tokenizer's alone took 1.0 MiB
@@ -165,7 +171,7 @@ def test_the_c906_library_tells_the_x86_vector_story(release, root, cli):
     qemu = [env["RV_XUANTIE_QEMU"], "-cpu", "c906fdv", "-L", str(root)]
     got = riscv_generate(qemu, root, bundle.board_env(release, lib), model, 24)
     # both keep a quantized model's KV cache in fp16, converted in vector instructions,
-    # and round each product of the attention as the portable kernels do
+    # and fuse each product of the attention into its sum as the portable kernels do
     assert got == x86_cli(cli, model, model.parent / "tokenizer.bin", "auto", 24, PROMPT, "fp16")
 
 

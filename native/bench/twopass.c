@@ -2,10 +2,11 @@
  *
  *     twopass FULL.bin DRAFT.bin TOKENS.bin
  *
- * FULL is the board model; DRAFT the same format with a cheaper embedding (e.g.
- * `storybot quantize -f board --bits embedding=4`). For every position of the token
- * stories in TOKENS (each an int32 count, then that many int32 ids, as
- * robot/dev/evaluate.py tokenizes the eval text) it runs FULL's forward pass, takes
+ * FULL is a model without a draft (its classifier scores every row); DRAFT the same
+ * format with a cheaper embedding. The library's second pass (forward.c rescore) came
+ * out of this study, whose numbers are for the board format of its time. For every
+ * position of the token stories in TOKENS (each an int32 count, then that many int32
+ * ids, as robot/dev/evaluate.py tokenizes the eval text) it runs FULL's forward pass, takes
  * FULL's logits and DRAFT's classifier on the same final hidden state, and scores the
  * next token three ways: FULL's classifier, DRAFT's, and two passes (DRAFT's logits
  * with those within delta of DRAFT's largest replaced by FULL's), with how many rows the
@@ -13,8 +14,8 @@
  * tests/test_quant.py runs it on a small model. Issue 16's numbers:
  *
  *     make -C native build/twopass
- *     storybot quantize -f board stories15M.bin board.bin
- *     storybot quantize -f board --bits embedding=4 stories15M.bin board4.bin
+ *     storybot quantize -f board --bits embedding=5,wo=6,w1=6,draft=0 stories15M.bin board.bin
+ *     storybot quantize -f board --bits embedding=4,wo=6,w1=6,draft=0 stories15M.bin board4.bin
  *     .venv/bin/python -c "import struct; from robot.engine import Engine; \
  *       from robot.dev.evaluate import read_stories as r; \
  *       e = Engine('stories15M.bin', 'tokenizer.bin'); f = open('tokens.bin', 'wb'); \

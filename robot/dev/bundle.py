@@ -19,7 +19,7 @@ the start of MANIFEST's sha256 (install.sh names the release after it)::
     lib/glibc-c906/             ... for a glibc Python on a C906 (GCC 14, XTheadVector)
     python/robot/               robot/*.py, data/, storybot.h, and _abi_ffi.py: the header's
                                 declarations for cffi's out-of-line ABI mode
-    models/                     the board model (GPTQ, 4-8 bits a matrix), tokenizer.bin
+    models/                     the board model (GPTQ, 4-8 bits, a draft classifier), tokenizer.bin
     service/                    systemd/'s init script and units
 
 install.sh picks the library by the board's C library and CPU. No compiled cffi
@@ -63,9 +63,10 @@ from . import bench, quantize
 _LOGGER = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-# GPTQ with a width per matrix (quantize -f board): int8's quality (perplexity 1.007x
-# fp32's; q4_0: 1.12x) in 11.7 MB, which fits beside the daemon where q8_0's 16 MB does
-# not (README, "Models and what they cost").
+# GPTQ with a width per matrix and an 8-bit classifier behind a 4-bit draft (quantize -f
+# board): near int8's quality (perplexity 1.004x fp32's; q8_0 1.001x, q4_0 1.12x), the
+# fastest C906 model of that quality, and 10.6 MiB resident, which fits beside the daemon
+# where q8_0's 16 MB does not (README, "Models and what they cost").
 MODEL_FORMAT = "board"
 MODEL_NAME = f"stories15M.{MODEL_FORMAT}.bin"
 PROMPT = "Once upon a time"
@@ -522,7 +523,9 @@ def describe(directory: Path, m: Measurements) -> str:
         "",
         "RAM (resident set of the riscv64 program, measured under qemu-user; the model is",
         "mapped from its file, so its pages are clean and can be dropped, but every token",
-        "reads them all: keep the whole model resident)",
+        "reads them all: keep the whole model resident. Its 8-bit classifier is not",
+        "mapped: a few of its row blocks are read (pread) for each token, behind the",
+        "4-bit draft, and stay in the page cache as long as memory allows)",
     ]
     if m.daemon_peak_mb:
         lines += [

@@ -501,6 +501,17 @@ def read_header(path) -> Header:
     return Header(names[fmt_id], gs, c, sha.hex(), size, types)
 
 
+def classifier_read_by_blocks(path) -> int:
+    """Bytes of a storybot file's classifier that the library reads a few blocks a token
+    instead of mapping (0 unless the file has a draft, which stands in for it)."""
+    h = read_header(path)
+    if not h.config.draft:
+        return 0
+    name = "token_embedding" if h.config.shared else "wcls"
+    sizes = {n: nb for n, _, _, nb in layout(h.config, h.types)}
+    return sizes[name] + sizes[name + ".scales"]
+
+
 def read_matrix(path, name: str):
     """Dequantized fp32 copy of one matrix of a storybot file (e.g. "wq.0"); for tests."""
     h = read_header(path)
