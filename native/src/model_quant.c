@@ -258,9 +258,12 @@ static sb_status check_groups(const sb_config *c, int gs, char *err) {
 // ----------------------------------------------------------------------------
 // a classifier read by blocks (models with a draft)
 
+static size_t block_data_bytes(const sb_matrix *w) {
+    return (size_t)SB_QK * (size_t)w->cols * (size_t)sb_type_bits(w->type) / 8;
+}
+
 size_t sb_block_bytes(const sb_matrix *w) {
-    return (size_t)SB_QK * (size_t)w->cols * (size_t)sb_type_bits(w->type) / 8
-         + (size_t)SB_QK * (size_t)(w->cols / SB_QK) * sizeof(uint16_t);
+    return block_data_bytes(w) + (size_t)SB_QK * (size_t)(w->cols / SB_QK) * sizeof(uint16_t);
 }
 
 static int read_at(int fd, unsigned char *buf, size_t n, uint64_t at) {
@@ -277,8 +280,7 @@ static int read_at(int fd, unsigned char *buf, size_t n, uint64_t at) {
 
 int sb_read_block(const sb_model *m, int b, unsigned char *buf, sb_matrix *blk) {
     const sb_matrix *w = &m->wcls;
-    size_t data = (size_t)SB_QK * (size_t)w->cols * (size_t)sb_type_bits(w->type) / 8;
-    size_t scales = sb_block_bytes(w) - data;
+    size_t data = block_data_bytes(w), scales = sb_block_bytes(w) - data;
     const unsigned char *base = m->map;
     uint64_t at = (uint64_t)((const unsigned char *)w->data - base) + (uint64_t)b * data;
     uint64_t sat = (uint64_t)((const unsigned char *)w->scales - base) + (uint64_t)b * scales;
@@ -350,7 +352,7 @@ sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic
     if (m->draft.data) {
         uint64_t blocks = ((uint64_t)m->cfg.vocab_size + SB_QK - 1) / SB_QK;
         uint64_t most = blocks < SB_RESCORE_BLOCKS ? blocks : SB_RESCORE_BLOCKS;
-        bytes += bytes_of(&m->draft) + bytes_of(&m->wcls) / blocks * most;
+        bytes += bytes_of(&m->draft) + sb_block_bytes(&m->wcls) * most;
     } else {
         bytes += bytes_of(&m->wcls);
     }

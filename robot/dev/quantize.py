@@ -21,14 +21,15 @@ File layout (version 2, little-endian; native/src/model_quant.c reads it):
                again from the classifier: forward.c)
      108       zeros up to 256
     type table at 256: one byte per matrix in file order (token embedding, per layer
-      wq wk wv wo w1 w2 w3, classifier unless shared, draft if any): 8 = q8, 6 = q6, 5 = q5, 4 = q4,
-      32 = fp32
+      wq wk wv wo w1 w2 w3, classifier unless shared, draft if any): 8 = q8, 6 = q6,
+      5 = q5, 4 = q4, 32 = fp32
       row-major (a matrix whose inner dimension is not a multiple of 32); zeros up to
       the next 64-byte boundary
     tensors, each starting on a 64-byte boundary, zero padding between:
       rms_att (L, dim) f32, rms_ffn (L, dim) f32, rms_final (dim,) f32,
       token embedding, then per layer wq, wk, wv, wo, w1, w2, w3, then the classifier
-      unless shared, then the draft if any. Each quantized matrix is its blocks then its fp16 scales:
+      unless shared, then the draft if any. Each quantized matrix is its blocks then its
+      fp16 scales:
         blocks of 32 rows (the last padded with zero rows); in block b, group g, the
         32 x 32 weights are stored column by column, a column's 32 rows contiguous:
           q8: int8 q, byte ((b * ng + g) * 32 + j) * 32 + r = W[32b + r][32g + j]
