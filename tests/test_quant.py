@@ -132,7 +132,8 @@ def test_board_format_is_gptq_at_its_widths(small, tmp_path, tokenizer_path):
     h = Q.read_header(out)
     bits, method = Q.FORMATS["board"]
     assert method == "gptq"
-    assert h.types == [bits[n.partition(".")[0]] for n, _ in Q.matrix_names(h.config)]
+    assert h.types == [Q.Q4_ROW if n == "draft" else bits[n.partition(".")[0]]
+                       for n, _ in Q.matrix_names(h.config)]
     with Engine(small["fp32"], tokenizer_path) as e:
         tokens = e.tokenize("Once upon a time")
         exact = np.array(e.score(tokens))
@@ -534,16 +535,21 @@ def drafted(small, tmp_path_factory):
 def test_draft_is_stored_last_and_flagged(drafted, small, tmp_path):
     h = Q.read_header(drafted["draft"])
     assert h.config.draft and not Q.read_header(drafted["full"]).config.draft
-    assert [n for n, _ in Q.matrix_names(h.config)][-1] == "draft" and h.types[-1] == 4
+    assert [n for n, _ in Q.matrix_names(h.config)][-1] == "draft" and h.types[-1] == Q.Q4_ROW
     assert h.types[:-1] == Q.read_header(drafted["full"]).types
-    # the draft is the classifier (here the shared embedding) at 4 bits, as q4_0 stores it
-    assert np.array_equal(Q.read_matrix(drafted["draft"], "draft"),
-                          Q.read_matrix(small["q4_0"], "token_embedding"))
+    # the draft is the classifier (here the shared embedding) at 4 bits, one scale a row
+    c, tensors = Q.read_llama2c(small["fp32"])
+    w = np.asarray(tensors["token_embedding"], np.float32).reshape(c.vocab_size, c.dim)
+    q, scales = Q.quantize_rtn(w, Q.Q4_ROW)
+    assert scales.shape == (c.vocab_size, 1)
+    assert np.array_equal(Q.read_matrix(drafted["draft"], "draft"), q * scales)
+    sizes = {n: nb for n, _, _, nb in Q.layout(h.config, h.types)}
+    assert sizes["draft.scales"] == -(-c.vocab_size // 32) * 32 * 2
     assert h.file_size == drafted["draft"].stat().st_size
     assert h.format == "mixed"  # the format names the widths of the model, not its draft
     q8 = tmp_path / "q8d.bin"
     Q.convert(small["fp32"], q8, "q8_0", bits="draft=4", show_progress=False)
-    assert Q.read_header(q8).format == "q8_0" and Q.read_header(q8).types[-1] == 4
+    assert Q.read_header(q8).format == "q8_0" and Q.read_header(q8).types[-1] == Q.Q4_ROW
 
 
 def expected_blocks(draft):
@@ -591,7 +597,8 @@ def test_second_pass_on_stories15m(model_path, tokenizer_path, tmp_path):
 
 
 def test_draft_headers_are_checked(drafted, tokenizer_path, tmp_path):
-    """A draft flag the file does not back up, or a draft stored in fp32, is refused."""
+    """A draft flag the file does not back up, a draft stored in fp32, or a matrix other
+    than the draft with one scale per row, is refused."""
     d = drafted["draft"]
     err = open_error(patched(d, tmp_path / "flag.bin", 104, struct.pack("<I", 2)), tokenizer_path)
     assert "draft classifier flag is 2" in str(err)
@@ -602,6 +609,9 @@ def test_draft_headers_are_checked(drafted, tokenizer_path, tmp_path):
     table = 256 + len(h.types) - 1
     err = open_error(patched(d, tmp_path / "f32.bin", table, b"\x20"), tokenizer_path)
     assert "draft classifier needs" in str(err)
+    # one scale per row is a draft's layout only: its input is quantized for it alone
+    err = open_error(patched(d, tmp_path / "rows.bin", 256 + 1, b"\x28"), tokenizer_path)
+    assert "matrix 1 has type 40" in str(err)
 
 
 def mapped_kib(path) -> int:

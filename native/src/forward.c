@@ -218,6 +218,7 @@ static void matvec_rows(const sb_model *m, const sb_state_q *qx, float *out, con
     case SB_Q5:
     case SB_Q6:
     case SB_Q8_ROWS:
+    case SB_Q4_ROW:
         sb_matvec_quant_rows(m, qx, out, w, r0, r1);
         break;
     case SB_F32_ROWS:
@@ -251,7 +252,7 @@ static int matvec_q(const sb_model *m, sb_state *s, float *out, const float *x,
                     const sb_matrix *w, int ready) {
     SB_REGION(22);
     int quantized = w->type != SB_F32 && w->type != SB_F32_ROWS;
-    if (quantized && !ready) sb_quantize_input(m, &s->qx, x, w->cols);
+    if (quantized && !ready) sb_quantize_input(m, &s->qx, x, w);
     if (!s->pool) {
         matvec_rows(m, &s->qx, out, x, w, 0, w->rows);
     } else {
@@ -267,11 +268,11 @@ void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const
 }
 
 /* The draft classifier's second pass: the row blocks holding a logit within delta of
- * the draft's largest are scored again from wcls (x still quantized in s->qx from the
- * draft's product). The other rows keep their draft logits: at delta 6 their
- * probabilities are each under e^-6 of the top's, and on the eval text the mix scores
- * as the full classifier does (twopass.c). */
-static void rescore(const sb_model *m, sb_state *s) {
+ * the draft's largest are scored again from wcls, from x quantized as wcls takes it (an
+ * SB_Q4_ROW draft took it with one scale). The other rows keep their draft logits: at
+ * delta 6 their probabilities are each under e^-6 of the top's, and on the eval text the
+ * mix scores as the full classifier does (twopass.c). */
+static void rescore(const sb_model *m, sb_state *s, const float *x) {
     const sb_kernel_set *k = m->kernels;
     int v = m->cfg.vocab_size, n = 0, blocks[SB_RESCORE_BLOCKS], nb = 0;
     float top = k->max_n(s->logits, v), delta = SB_RESCORE_DELTA;
@@ -288,6 +289,7 @@ static void rescore(const sb_model *m, sb_state *s) {
         if (n < SB_RESCORE_ROWS && nb <= SB_RESCORE_BLOCKS) break;
     }
     if (nb > SB_RESCORE_BLOCKS) nb = SB_RESCORE_BLOCKS; // only ties get here: the first blocks
+    if (m->draft.type == SB_Q4_ROW) sb_quantize_input(m, &s->qx, x, &m->wcls);
     for (int i = 0; i < nb; i++) {
         sb_matrix blk;
         int e = sb_read_block(m, blocks[i], s->cls_block, &blk);
@@ -364,7 +366,7 @@ void sb_forward(const sb_model *m, sb_state *s, int token, int pos, int want_log
     SB_REGION(20);
     if (m->draft.data) {
         sb_matvec(m, s, s->logits, x, &m->draft);
-        rescore(m, s);
+        rescore(m, s, x);
     } else {
         sb_matvec(m, s, s->logits, x, &m->wcls);
     }

@@ -115,7 +115,32 @@ static void matvec_q8_0_rvv(float *out, const int8_t *xq, const float *xs, const
     }
 }
 
-/* Each byte holds two columns of a row (low nibble, high nibble). */
+/* isum += a group's 32 columns of q4 (each byte two columns of a row: low nibble, high
+ * nibble), x its activations; *wq moves past the group. */
+static inline vint32m8_t q4_group(vint32m8_t isum, const int8_t *x, const uint8_t **wq,
+                                  size_t vl) {
+    for (int half = 0; half < SB_QK; half += 16) { // 16 products of <= 15 * 127 fit int16
+        vint16m4_t p = __riscv_vmv_v_x_i16m4(0, vl);
+        for (int j = half; j < half + 16; j += 8, *wq += 4 * SB_QK) { // columns j..j+7
+            vuint8m8_t byte = __riscv_vle8_v_u8m8(*wq, 4 * vl);
+            vint8m8_t lo = __riscv_vreinterpret_v_u8m8_i8m8(__riscv_vand_vx_u8m8(byte, 15, 4 * vl));
+            vint8m8_t hi = __riscv_vreinterpret_v_u8m8_i8m8(__riscv_vsrl_vx_u8m8(byte, 4, 4 * vl));
+#define COLUMN(k, part) __riscv_vget_v_i8m8_i8m2(part, k)
+            p = __riscv_vwmacc_vx_i16m4(p, x[j], COLUMN(0, lo), vl);
+            p = __riscv_vwmacc_vx_i16m4(p, x[j + 1], COLUMN(0, hi), vl);
+            p = __riscv_vwmacc_vx_i16m4(p, x[j + 2], COLUMN(1, lo), vl);
+            p = __riscv_vwmacc_vx_i16m4(p, x[j + 3], COLUMN(1, hi), vl);
+            p = __riscv_vwmacc_vx_i16m4(p, x[j + 4], COLUMN(2, lo), vl);
+            p = __riscv_vwmacc_vx_i16m4(p, x[j + 5], COLUMN(2, hi), vl);
+            p = __riscv_vwmacc_vx_i16m4(p, x[j + 6], COLUMN(3, lo), vl);
+            p = __riscv_vwmacc_vx_i16m4(p, x[j + 7], COLUMN(3, hi), vl);
+#undef COLUMN
+        }
+        isum = __riscv_vwadd_wv_i32m8(isum, p, vl);
+    }
+    return isum;
+}
+
 static void matvec_q4_0_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
                             const void *w, const void *wsv, int n, int d, int gs) {
     const uint16_t *ws = wsv;
@@ -126,31 +151,34 @@ static void matvec_q4_0_rvv(float *out, const int8_t *xq, const float *xs, const
     for (int b = 0; b < d; b += SB_QK) {
         vfloat32m8_t facc = __riscv_vfmv_v_f_f32m8(0.0f, vl);
         for (int g = 0; g < ng; g++, ws += SB_QK) {
-            const int8_t *x = xq + g * SB_QK;
             // the nibbles hold q + 8: start from -8 * sum(x) instead of zero
             vint32m8_t isum = __riscv_vmv_v_x_i32m8(-8 * xsum[g], vl);
-            for (int half = 0; half < SB_QK; half += 16) { // 16 products of <= 15 * 127 fit int16
-                vint16m4_t p = __riscv_vmv_v_x_i16m4(0, vl);
-                for (int j = half; j < half + 16; j += 8, wq += 4 * SB_QK) { // columns j..j+7
-                    vuint8m8_t byte = __riscv_vle8_v_u8m8(wq, 4 * vl);
-                    vint8m8_t lo = __riscv_vreinterpret_v_u8m8_i8m8(__riscv_vand_vx_u8m8(byte, 15, 4 * vl));
-                    vint8m8_t hi = __riscv_vreinterpret_v_u8m8_i8m8(__riscv_vsrl_vx_u8m8(byte, 4, 4 * vl));
-#define COLUMN(k, part) __riscv_vget_v_i8m8_i8m2(part, k)
-                    p = __riscv_vwmacc_vx_i16m4(p, x[j], COLUMN(0, lo), vl);
-                    p = __riscv_vwmacc_vx_i16m4(p, x[j + 1], COLUMN(0, hi), vl);
-                    p = __riscv_vwmacc_vx_i16m4(p, x[j + 2], COLUMN(1, lo), vl);
-                    p = __riscv_vwmacc_vx_i16m4(p, x[j + 3], COLUMN(1, hi), vl);
-                    p = __riscv_vwmacc_vx_i16m4(p, x[j + 4], COLUMN(2, lo), vl);
-                    p = __riscv_vwmacc_vx_i16m4(p, x[j + 5], COLUMN(2, hi), vl);
-                    p = __riscv_vwmacc_vx_i16m4(p, x[j + 6], COLUMN(3, lo), vl);
-                    p = __riscv_vwmacc_vx_i16m4(p, x[j + 7], COLUMN(3, hi), vl);
-#undef COLUMN
-                }
-                isum = __riscv_vwadd_wv_i32m8(isum, p, vl);
-            }
+            isum = q4_group(isum, xq + g * SB_QK, &wq, vl);
             facc = scale_add(facc, isum, ws, xs[g], vl);
         }
         __riscv_vse32_v_f32m8(out + b, facc, (size_t)(d - b < SB_QK ? d - b : SB_QK));
+    }
+}
+
+/* SB_Q4_ROW: the sums run over every group (x has one scale); then float(sum) * scale *
+ * xs as two multiplications, the portable kernel's bits. */
+static void matvec_q4_row_rvv(float *out, const int8_t *xq, const float *xs,
+                              const int32_t *xsum, const void *w, const void *wsv, int n,
+                              int d, int gs) {
+    const uint16_t *ws = wsv;
+    (void)gs;
+    const uint8_t *wq = w;
+    int ng = n / SB_QK;
+    int32_t total = 0;
+    for (int g = 0; g < ng; g++) total += xsum[g];
+    size_t vl = __riscv_vsetvl_e8m2(SB_QK);
+    for (int b = 0; b < d; b += SB_QK, ws += SB_QK) {
+        vint32m8_t isum = __riscv_vmv_v_x_i32m8(-8 * total, vl);
+        for (int g = 0; g < ng; g++) isum = q4_group(isum, xq + g * SB_QK, &wq, vl);
+        vfloat32m8_t f = __riscv_vfmul_vv_f32m8(__riscv_vfcvt_f_x_v_f32m8(isum, vl),
+                                                load_scales(ws, vl), vl);
+        f = __riscv_vfmul_vf_f32m8(f, xs[0], vl);
+        __riscv_vse32_v_f32m8(out + b, f, (size_t)(d - b < SB_QK ? d - b : SB_QK));
     }
 }
 
@@ -254,6 +282,7 @@ const sb_qkernel_set sb_qkernels_rvv = {
     .matvec_q4_0 = sb_matvec_q4_0_xt,
     .matvec_q5 = sb_matvec_q5_xt,
     .matvec_q6 = sb_matvec_q6_xt,
+    .matvec_q4_row = sb_matvec_q4_row_xt,
     .f16_vector = 1,
     .f16_store = sb_f16_store_xt,
     .f16_scores = sb_f16_scores_xt,
@@ -263,6 +292,7 @@ const sb_qkernel_set sb_qkernels_rvv = {
     .matvec_q4_0 = matvec_q4_0_rvv,
     .matvec_q5 = matvec_q5_rvv,
     .matvec_q6 = matvec_q6_rvv,
+    .matvec_q4_row = matvec_q4_row_rvv,
     // the fp16 KV cache uses the portable conversions here (vector halves need Zvfh)
     .f16_store = sb_f16_store_generic,
     .f16_scores = sb_f16_scores_generic,

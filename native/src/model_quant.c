@@ -7,11 +7,11 @@
  *   3 mixed), u32 group size (32), u32 rows per block (32), u32 alignment (64), 7 x i32
  *   config (vocab_size > 0), u32 shared classifier, 32 bytes sha256 of the source
  *   checkpoint, u64 file size, u32 draft (1: a draft classifier is the last matrix),
- *   zeros. Then a type byte per matrix in file order (8 q8, 6 q6, 5 q5, 4 q4, 32 fp32
- *   row-major), zeros to a 64-byte boundary. Then 64-byte-aligned tensors: rms_att,
- *   rms_ffn, rms_final, embedding, per layer wq wk wv wo w1 w2 w3, classifier unless
- *   shared, draft classifier if any; each quantized matrix is its blocks (quant.c) then
- *   its fp16 scales.
+ *   zeros. Then a type byte per matrix in file order (8 q8, 6 q6, 5 q5, 4 q4, 40 q4 with
+ *   a scale per row: a draft's only, 32 fp32 row-major), zeros to a 64-byte boundary.
+ *   Then 64-byte-aligned tensors: rms_att, rms_ffn, rms_final, embedding, per layer wq wk
+ *   wv wo w1 w2 w3, classifier unless shared, draft classifier if any; each quantized
+ *   matrix is its blocks (quant.c) then its fp16 scales.
  * llama2.c ak42 version 2 (export.py --version 2, read by runq.c):
  *   256-byte header: u32 0x616b3432, i32 version 2, 7 x i32 config (vocab_size > 0),
  *   u8 shared classifier, i32 group size (unaligned, byte 37), zeros. Then fp32 rms_att,
@@ -56,7 +56,7 @@ typedef struct {
     uint64_t at;               // offset of the next tensor
     int storybot;              // 64-byte alignment and row blocks, else ak42
     sb_type type;              // ak42: every matrix's type
-    const unsigned char *types; // storybot: the type table (8, 6, 5, 4 or 32), in file order
+    const unsigned char *types; // storybot: the type table (8, 6, 5, 4, 40, 32), file order
     int next;                  // storybot: the next matrix's index in the table
     int group_size;
     int draft;                 // storybot: a draft classifier follows the classifier
@@ -64,7 +64,7 @@ typedef struct {
 
 static sb_type storybot_type(unsigned char code) {
     return code == 8 ? SB_Q8_0 : code == 6 ? SB_Q6 : code == 5 ? SB_Q5
-         : code == 4 ? SB_Q4_0 : SB_F32_ROWS;
+         : code == 4 ? SB_Q4_0 : code == 40 ? SB_Q4_ROW : SB_F32_ROWS;
 }
 
 static const float *take_floats(walker *w, uint64_t n) {
@@ -83,7 +83,7 @@ static void matrix_sizes(sb_type type, int rows, int cols, int group_size, uint6
     } else if (type != SB_Q8_ROWS) {
         uint64_t padded = (uint64_t)(rows + SB_QK - 1) / SB_QK * SB_QK;
         *data = padded * (uint64_t)cols * (uint64_t)sb_type_bits(type) / 8;
-        *scales = padded * (uint64_t)(cols / SB_QK) * sizeof(uint16_t);
+        *scales = padded * (uint64_t)(type == SB_Q4_ROW ? 1 : cols / SB_QK) * sizeof(uint16_t);
     } else {
         *data = (uint64_t)rows * (uint64_t)cols;
         *scales = *data / (uint64_t)group_size * sizeof(float);
@@ -199,9 +199,11 @@ static sb_status read_types(int fd, uint64_t size, const sb_config *c, int draft
     // the inner dimension of each matrix in file order (embedding, 7 per layer, classifier)
     for (int i = 0; i < n; i++) {
         int cols = i >= 1 && i <= 7 * c->n_layers && (i - 1) % 7 == 5 ? c->hidden_dim : c->dim;
-        if (types[i] != 4 && types[i] != 5 && types[i] != 6 && types[i] != 8 && types[i] != 32) {
-            return sb_fail(err, SB_ERR_FORMAT, "matrix %d has type %u (4, 5, 6, 8 or 32)", i,
-                           types[i]);
+        int is_draft = draft && i == n - 1;
+        if (types[i] != 4 && types[i] != 5 && types[i] != 6 && types[i] != 8 && types[i] != 32
+            && !(types[i] == 40 && is_draft)) {
+            return sb_fail(err, SB_ERR_FORMAT, "matrix %d has type %u (4, 5, 6, 8 or 32; 40 "
+                           "for a draft only)", i, types[i]);
         }
         if (types[i] != 32 && cols % SB_QK) {
             return sb_fail(err, SB_ERR_FORMAT, "matrix %d is quantized but its inner "

@@ -15,6 +15,10 @@
  *             [k(c + 1) - 1 : kc] the high bits of column i + 4k * c. So one vector of
  *             nibble bytes gives 8 or 16 columns' low bits at once, and a shift of the
  *             high-bit bytes lines up the same columns' high bits.
+ *   SB_Q4_ROW SB_Q4_0's blocks with one fp16 scale per row, ws[32b + r] (padding rows
+ *             too): a draft classifier's layout. Its input has one scale for the whole
+ *             vector, so a row's integer sum runs over every group and is scaled once:
+ *             no float work per group, and a 16th of the scales' bytes.
  *   SB_Q8_ROWS llama2.c ak42: row-major int8, fp32 scale of W[i][j] at ws[(i * n + j) / gs].
  *   SB_F32_ROWS fp32 row-major (a matrix whose inner dimension is not whole groups).
  * Column-major blocks let a vector unit multiply one column of 32 rows by one activation
@@ -44,6 +48,25 @@ static void quantize_q8_generic(int8_t *xq, float *xs, int32_t *xsum, const floa
         int32_t sum = 0;
         for (int j = 0; j < SB_QK; j++) {
             int q = (int)round_even(v[j] * id);
+            xq[g * SB_QK + j] = (int8_t)q;
+            sum += q;
+        }
+        xs[g] = amax / 127.0f;
+        xsum[g] = sum;
+    }
+}
+
+/* One scale for all of x (SB_Q4_ROW's input): quantize_q8's rounding, with the largest
+ * |x| of the whole vector; every group gets that scale and its own sum. Portable for
+ * every set: it is one pass over dim values a token. */
+static void quantize_q8_row(int8_t *xq, float *xs, int32_t *xsum, const float *x, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int g = 0; g < n / SB_QK; g++) {
+        int32_t sum = 0;
+        for (int j = 0; j < SB_QK; j++) {
+            int q = (int)round_even(x[g * SB_QK + j] * id);
             xq[g * SB_QK + j] = (int8_t)q;
             sum += q;
         }
@@ -100,6 +123,33 @@ static void matvec_q4_0_generic(float *out, const int8_t *xq, const float *xs,
             }
         }
         memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
+    }
+}
+
+void sb_matvec_q4_row_generic(float *out, const int8_t *xq, const float *xs,
+                              const int32_t *xsum, const void *w, const void *wsv, int n,
+                              int d, int gs) {
+    (void)gs;
+    const uint8_t *wq = w;
+    const uint16_t *ws = wsv;
+    int ng = n / SB_QK;
+    int32_t total = 0;
+    for (int g = 0; g < ng; g++) total += xsum[g];
+    for (int b = 0; b < d; b += SB_QK, ws += SB_QK) {
+        int32_t isum[SB_QK];
+        for (int r = 0; r < SB_QK; r++) isum[r] = -8 * total; // the nibbles hold q + 8
+        for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK / 2) {
+            for (int p = 0; p < SB_QK / 2; p++) {
+                int32_t x0 = xq[g * SB_QK + 2 * p], x1 = xq[g * SB_QK + 2 * p + 1];
+                for (int r = 0; r < SB_QK; r++) {
+                    uint8_t byte = wq[p * SB_QK + r];
+                    isum[r] += (byte & 15) * x0 + (byte >> 4) * x1;
+                }
+            }
+        }
+        for (int r = 0; r < SB_QK && b + r < d; r++) {
+            out[b + r] = (float)isum[r] * sb_f16_to_f32(ws[r]) * xs[0];
+        }
     }
 }
 
@@ -232,6 +282,7 @@ const sb_qkernel_set sb_qkernels_generic = {
     .matvec_q8_rows = matvec_q8_rows_generic,
     .matvec_q5 = matvec_q5_generic,
     .matvec_q6 = matvec_q6_generic,
+    .matvec_q4_row = sb_matvec_q4_row_generic,
     .f16_store = sb_f16_store_generic,
     .f16_scores = sb_f16_scores_generic,
     .f16_mix = sb_f16_mix_generic,
@@ -265,7 +316,8 @@ const sb_qkernel_set *sb_qkernels_pick(int generic_only) {
 
 int sb_type_bits(sb_type type) {
     switch (type) {
-    case SB_Q4_0: return 4;
+    case SB_Q4_0:
+    case SB_Q4_ROW: return 4;
     case SB_Q5: return 5;
     case SB_Q6: return 6;
     case SB_F32:
@@ -274,8 +326,12 @@ int sb_type_bits(sb_type type) {
     }
 }
 
-void sb_quantize_input(const sb_model *m, sb_state_q *s, const float *x, int n) {
-    m->qkernels->quantize_q8(s->q, s->s, s->sum, x, n);
+void sb_quantize_input(const sb_model *m, sb_state_q *s, const float *x, const sb_matrix *w) {
+    if (w->type == SB_Q4_ROW) {
+        quantize_q8_row(s->q, s->s, s->sum, x, w->cols);
+    } else {
+        m->qkernels->quantize_q8(s->q, s->s, s->sum, x, w->cols);
+    }
 }
 
 void sb_matvec_quant_rows(const sb_model *m, const sb_state_q *s, float *out,
@@ -299,6 +355,11 @@ void sb_matvec_quant_rows(const sb_model *m, const sb_state_q *s, float *out,
         if (!f) f = w->type == SB_Q5 ? matvec_q5_generic : matvec_q6_generic;
         data = (size_t)r0 * n * sb_type_bits(w->type) / 8;
         scales = (size_t)r0 * (n / SB_QK) * sizeof(uint16_t);
+        break;
+    case SB_Q4_ROW:
+        f = k->matvec_q4_row ? k->matvec_q4_row : sb_matvec_q4_row_generic;
+        data = (size_t)r0 * n / 2;
+        scales = (size_t)r0 * sizeof(uint16_t);
         break;
     default:
         return;

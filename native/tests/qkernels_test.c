@@ -9,7 +9,7 @@
  * failure). Around one 768 x 288 product per set it executes the hint instructions
  * "addi x0, x0, 10 + k" / "11 + k" on riscv (no-ops on hardware), so the qemu insncount
  * plugin can count a kernel's instructions (marks 10/11: q8_0, 12/13: q4_0, 14/15:
- * ak42 rows, 16/17: q5, 18/19: q6, for the last set listed).
+ * ak42 rows, 16/17: q5, 18/19: q6, 30/31: q4 with row scales, for the last set listed).
  */
 #include <math.h>
 #include <stdio.h>
@@ -193,6 +193,46 @@ static void test_products(const sb_qkernel_set *k, int n, int d, int gs, int mar
     free(x), free(out), free(xq), free(gq), free(xs), free(gxs), free(xsum), free(gsum), free(want);
 }
 
+/* SB_Q4_ROW: q4_0's blocks with one fp16 scale per row, x quantized with one scale.
+ * Every set must give the portable kernel's bits (the sums are exact, the float steps
+ * the same two multiplications). */
+static void test_q4_row(const sb_qkernel_set *k, int n, int d, int mark, int extreme) {
+    int ng = n / SB_QK, nb = (d + SB_QK - 1) / SB_QK;
+    float *x = malloc(sizeof(float) * n), *out = malloc(sizeof(float) * (d + 1));
+    float *gout = malloc(sizeof(float) * d), *xs = malloc(sizeof(float) * ng);
+    int8_t *xq = malloc(n);
+    int32_t *xsum = calloc(ng, sizeof(int32_t));
+    uint16_t *rs = calloc((size_t)nb * SB_QK, sizeof(uint16_t));
+    double *want = malloc(sizeof(double) * d);
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = extreme ? (rand_int(0, 1) ? 1.0f : -1.0f) : (float)rand_int(-100000, 100000) * 1e-5f;
+        amax = fmaxf(amax, fabsf(x[i]));
+    }
+    for (int i = 0; i < n; i++) {
+        xq[i] = (int8_t)lrintf(x[i] * (127.0f / amax));
+        xsum[i / SB_QK] += xq[i];
+    }
+    for (int g = 0; g < ng; g++) xs[g] = amax / 127.0f;
+    weights w = make_weights(n, d, -8, 7, SB_QK);
+    for (int i = 0; i < d; i++) {
+        rs[i] = sb_f32_to_f16((float)rand_int(1, 1000) * 1e-4f);
+        long dot = 0;
+        for (int j = 0; j < n; j++) dot += (long)w.q[(size_t)i * n + j] * xq[j];
+        want[i] = (double)dot * sb_f16_to_f32(rs[i]) * xs[0];
+    }
+    sb_qmatvec_fn f = k->matvec_q4_row ? k->matvec_q4_row : sb_matvec_q4_row_generic;
+    out[d] = 12345.0f;
+    if (mark) MARK(30);
+    f(out, xq, xs, xsum, w.blocks4, rs, n, d, SB_QK);
+    if (mark) MARK(31);
+    sb_matvec_q4_row_generic(gout, xq, xs, xsum, w.blocks4, rs, n, d, SB_QK);
+    check(close_enough(out, want, d) && out[d] == 12345.0f, "matvec_q4_row", k->name, n, d);
+    check(!memcmp(out, gout, sizeof(float) * d), "matvec_q4_row = generic", k->name, n, d);
+    free_weights(&w);
+    free(x), free(out), free(gout), free(xs), free(xq), free(xsum), free(rs), free(want);
+}
+
 static void test_f16(const sb_qkernel_set *k) {
     // conversions: exact values, rounding to even, subnormals, overflow, specials
     const float in[] = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 65520.0f, 1e-8f, 5.9604645e-8f,
@@ -251,6 +291,14 @@ int main(void) {
             int mark = s == nsets - 1 && shapes[i][0] == 768;
             test_products(sets[s], shapes[i][0], shapes[i][1], shapes[i][2], mark, 0);
             test_products(sets[s], shapes[i][0], shapes[i][1], shapes[i][2], 0, 1);
+        }
+        // 2080 columns: more groups than the C906 kernel plans at once
+        static const int rows_shapes[][2] = {{288, 288}, {768, 288}, {288, 100}, {32, 1},
+                                             {2080, 40}};
+        for (size_t i = 0; i < sizeof(rows_shapes) / sizeof(rows_shapes[0]); i++) {
+            int mark = s == nsets - 1 && rows_shapes[i][0] == 768;
+            test_q4_row(sets[s], rows_shapes[i][0], rows_shapes[i][1], mark, 0);
+            test_q4_row(sets[s], rows_shapes[i][0], rows_shapes[i][1], 0, 1);
         }
         test_f16(sets[s]);
     }

@@ -22,7 +22,7 @@ File layout (version 2, little-endian; native/src/model_quant.c reads it):
      108       zeros up to 256
     type table at 256: one byte per matrix in file order (token embedding, per layer
       wq wk wv wo w1 w2 w3, classifier unless shared, draft if any): 8 = q8, 6 = q6,
-      5 = q5, 4 = q4, 32 = fp32
+      5 = q5, 4 = q4, 40 = q4 with one scale per row (a draft's only), 32 = fp32
       row-major (a matrix whose inner dimension is not a multiple of 32); zeros up to
       the next 64-byte boundary
     tensors, each starting on a 64-byte boundary, zero padding between:
@@ -40,13 +40,16 @@ File layout (version 2, little-endian; native/src/model_quant.c reads it):
               holding u's low 4 bits of column p (low nibble) and p + 16 (high
               nibble), then its high bits, byte (512 + i * 32 + r) (i < 4k) holding
               in bits [k(c+1)-1 : kc] the high bits of column i + 4k * c (c < 8 / k)
-        scales: fp16, ((b * ng + g) * 32 + r) for row 32b + r and group g
+        scales: fp16, ((b * ng + g) * 32 + r) for row 32b + r and group g; type 40:
+          q4's blocks and one fp16 scale per row (32b + r), its input quantized with
+          one scale for the whole vector, so the C906 scales each row once, not per group
       A row of W is q * scale.
 
 Rounding to nearest (--method rtn): q8: scale = max|w| / 127, q = round(w / scale) in
 [-127, 127]. q4, q5, q6 (levels [-2^(b-1), 2^(b-1) - 1]): q = round(w / scale), the
 scale chosen per group among max_w / k (max_w: the weight of largest magnitude,
 signed) for the least squared error.
+Type 40 chooses one scale per row the same way, over the whole row.
 Scales are rounded to fp16 before q is computed, so q fits the stored scale.
 GPTQ (--method gptq) chooses each group's scale the same way, from the weights as GPTQ
 has updated them by the time it reaches the group.
@@ -75,7 +78,8 @@ CONFIG_NAMES = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab
                 "seq_len")
 KINDS = ("token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "wcls")
 Q8, Q6, Q5, Q4, F32 = 8, 6, 5, 4, 32
-TYPES = (Q8, Q6, Q5, Q4, F32)
+Q4_ROW = 40  # q4 blocks, one scale per row: a 4-bit draft's type
+TYPES = (Q8, Q6, Q5, Q4, Q4_ROW, F32)
 WIDTHS = (Q8, Q6, Q5, Q4)
 
 # Named formats: bits per kind of matrix (the classifier, when not shared, follows the
@@ -228,17 +232,28 @@ def scale_q4(g, bits: int = 4):
     return best_s
 
 
-SCALES = {Q8: scale_q8, Q6: scale_q4, Q5: scale_q4, Q4: scale_q4}
-LEVELS = {Q8: (-127, 127), Q6: (-32, 31), Q5: (-16, 15), Q4: (-8, 7)}
+SCALES = {Q8: scale_q8, Q6: scale_q4, Q5: scale_q4, Q4: scale_q4, Q4_ROW: scale_q4}
+LEVELS = {Q8: (-127, 127), Q6: (-32, 31), Q5: (-16, 15), Q4: (-8, 7), Q4_ROW: (-8, 7)}
+
+
+def width(t: int) -> int:
+    """Bits per weight of a type."""
+    return Q4 if t == Q4_ROW else t
+
+
+def scale_group(t: int, cols: int) -> int:
+    """Weights sharing one scale: a row for Q4_ROW, else GROUP."""
+    return cols if t == Q4_ROW else GROUP
 
 
 def quantize_rtn(w, bits: int):
-    """(rows, cols) fp32 -> q (int8, in the width's levels), fp32 scales (rows, cols / 32)
-    holding fp16 values."""
+    """(rows, cols) fp32 -> q (int8, in the type's levels), fp32 scales (rows, cols /
+    group) holding fp16 values."""
     import numpy as np
 
-    g = w.astype(np.float32).reshape(w.shape[0], -1, GROUP)
-    scale = SCALES[bits](g.reshape(-1, GROUP), bits).reshape(g.shape[:2])
+    group = scale_group(bits, w.shape[1])
+    g = w.astype(np.float32).reshape(w.shape[0], -1, group)
+    scale = SCALES[bits](g.reshape(-1, group), width(bits)).reshape(g.shape[:2])
     safe = np.where(scale != 0, scale, np.float32(1))
     lo, hi = LEVELS[bits]
     q = np.clip(np.rint(g / safe[:, :, None]), lo, hi).astype(np.int8)
@@ -256,7 +271,7 @@ def quantize_q4(w):
 def quantize_gptq(w, h, bits: int):
     from .calibrate import gptq
 
-    return gptq(w, h, bits, GROUP, SCALES[bits])
+    return gptq(w, h, width(bits), scale_group(bits, w.shape[1]), SCALES[bits])
 
 
 def pack_blocks(q, scale, bits: int) -> Tuple[bytes, bytes]:
@@ -267,8 +282,9 @@ def pack_blocks(q, scale, bits: int) -> Tuple[bytes, bytes]:
     nb, ng = -(-rows // ROWS), cols // GROUP
     qp = np.zeros((nb * ROWS, cols), np.int8)
     qp[:rows] = q
-    sp = np.zeros((nb * ROWS, ng), np.float32)
+    sp = np.zeros((nb * ROWS, scale.shape[1]), np.float32)
     sp[:rows] = scale
+    bits = width(bits)
     # (block, row, group, col) -> (block, group, col, row): a column of 32 rows is contiguous
     blocks = qp.reshape(nb, ROWS, ng, GROUP).transpose(0, 2, 3, 1)
     if bits == Q4:
@@ -283,7 +299,7 @@ def pack_blocks(q, scale, bits: int) -> Tuple[bytes, bytes]:
         for c in range(8 // k):
             hi |= top[:, :, c] << (k * c)
         blocks = np.concatenate([nib, hi], axis=2)
-    scales = sp.reshape(nb, ROWS, ng).transpose(0, 2, 1)
+    scales = sp.reshape(nb, ROWS, -1).transpose(0, 2, 1)
     return (np.ascontiguousarray(blocks).tobytes(),
             np.ascontiguousarray(scales).astype("<f2").tobytes())
 
@@ -295,7 +311,7 @@ def unpack_blocks(data: bytes, scales: bytes, rows: int, cols: int, bits: int):
     if bits == F32:
         return np.frombuffer(data, "<f4").reshape(rows, cols).copy()
     nb, ng = -(-rows // ROWS), cols // GROUP
-    if bits == Q4:
+    if bits in (Q4, Q4_ROW):
         b = np.frombuffer(data, np.uint8).reshape(nb, ng, GROUP // 2, ROWS)
         q = np.empty((nb, ng, GROUP, ROWS), np.int8)
         q[:, :, 0::2] = (b & 15).astype(np.int8) - 8
@@ -310,7 +326,7 @@ def unpack_blocks(data: bytes, scales: bytes, rows: int, cols: int, bits: int):
         q = u.astype(np.int8) - (1 << (bits - 1))
     else:
         q = np.frombuffer(data, np.int8).reshape(nb, ng, GROUP, ROWS)
-    s = np.frombuffer(scales, "<f2").astype(np.float32).reshape(nb, ng, ROWS)
+    s = np.frombuffer(scales, "<f2").astype(np.float32).reshape(nb, -1, ROWS)  # Q4_ROW: 1 group
     w = q.astype(np.float32) * s[:, :, None, :]
     return w.transpose(0, 3, 1, 2).reshape(nb * ROWS, cols)[:rows]
 
@@ -320,7 +336,7 @@ def matrix_bytes(rows: int, cols: int, bits: int) -> Tuple[int, int]:
     if bits == F32:
         return rows * cols * 4, 0
     nb = -(-rows // ROWS)
-    return nb * ROWS * cols * bits // 8, nb * ROWS * (cols // GROUP) * 2
+    return nb * ROWS * cols * width(bits) // 8, nb * ROWS * (cols // scale_group(bits, cols)) * 2
 
 
 def _align(n: int) -> int:
@@ -353,6 +369,8 @@ def matrix_types(c: Config, bits: Dict[str, int]) -> List[int]:
             raise FormatError(f"a draft classifier needs dim a multiple of {GROUP}")
         if b not in WIDTHS:
             raise FormatError(f"{kind}: {b} bits; storybot stores 4, 5, 6 or 8")
+        if kind == "draft" and b == Q4:
+            b = Q4_ROW  # a draft's 4 bits take one scale per row (quant.c, SB_Q4_ROW)
         out.append(F32 if cols % GROUP else b)
     return out
 
