@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import link, seal
 from .button import ButtonEvent, ButtonSettings, ButtonWatcher, Line
-from .engine import Engine
+from .engine import Engine, Params
 from .link import Event, is_loopback
 from .prompts import Shaped, describe, shape_prompt
 from .story import Story, StorySettings
@@ -42,6 +42,8 @@ from .wordfilter import WordFilter
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_CONTROL_PORT = 10721
+# --kv-cache: Params.kv_fp16 (auto leaves the choice to the library)
+KV_CACHE = {"auto": None, "fp16": True, "fp32": False}
 
 _END = None  # closes a story's sentence queue
 
@@ -500,6 +502,10 @@ def register(subparsers) -> None:
                    help="positions per story [STORYBOT_STEPS] (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=env("STORYBOT_TEMPERATURE", "1.0"),
                    help="sampling temperature [STORYBOT_TEMPERATURE] (default: %(default)s)")
+    p.add_argument("--kv-cache", choices=list(KV_CACHE), default=env("STORYBOT_KV_CACHE", "auto"),
+                   help="the attention cache's precision [STORYBOT_KV_CACHE] (default: "
+                        "%(default)s: fp16 for a quantized model where the CPU converts "
+                        "halves in vector instructions, as the Duo's C906 does, else fp32)")
     p.add_argument("--listen-seconds", type=float, default=env("STORYBOT_LISTEN_SECONDS", "8"),
                    help="how long to listen for a prompt [STORYBOT_LISTEN_SECONDS] "
                         "(default: %(default)s)")
@@ -541,12 +547,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         secret = seal.load(Path(args.pairing))
     except seal.NotPaired:
         secret = None  # Board says what that means
-    engine = Engine(models.find(args.model), models.find(args.tokenizer))
+    engine = Engine(models.find(args.model), models.find(args.tokenizer),
+                    Params(kv_fp16=KV_CACHE[args.kv_cache]))
+    cache = "fp16" if engine.info.kv_fp16 else "fp32"
 
     async def main() -> None:
         board = Board(settings, engine, secret=secret)
         await service.serve(board.run(), board.ready,
-                            f"{args.model}, voice host {settings.voice_host or 'none'}, "
+                            f"{args.model} ({engine.info.format}, KV cache {cache}), "
+                            f"voice host {settings.voice_host or 'none'}, "
                             f"control {settings.control or 'none'}")
 
     try:

@@ -122,9 +122,11 @@ async def storybot_ask(vm: boardvm.BoardVM, prompt: str = PROMPT,
 
 def x86_story(board_bundle, opening: str, steps: int) -> list[str]:  # noqa: F811
     """The story robot.story tells on x86 with the generic kernels (the glibc rv64gc
-    library's family), from the bundle's own model."""
+    library's family) and the KV cache board_settings gives the VM's daemon, from the
+    bundle's own model."""
     model = board_bundle.directory / "models" / bundle.MODEL_NAME
-    params = Params(temperature=0, steps=steps, kernels="generic")
+    half = boardvm.board_settings(steps, 0)["STORYBOT_KV_CACHE"] == "fp16"
+    params = Params(temperature=0, steps=steps, kernels="generic", kv_fp16=half)
     with Engine(model, model.parent / "tokenizer.bin", params) as engine:
         return list(Story(engine, opening, params, word_filter=WordFilter.default()).sentences())
 
@@ -144,6 +146,7 @@ async def test_boots_to_ready_from_the_init_script(installed, tmp_path, report):
             ps = await asyncio.to_thread(vm.sh, "ps -o pid,args")
             after = await asyncio.to_thread(vm.mem_available_kb)
             rss = await asyncio.to_thread(vm.daemon_rss_kb)
+            status = await asyncio.to_thread(vm.sh, "grep Ready: /var/log/storybot.log")
             # restrict=on: the guest reaches nothing here but the forwards, not even the
             # host's loopback through the user network's gateway
             with socket.socket() as listener:
@@ -159,6 +162,7 @@ async def test_boots_to_ready_from_the_init_script(installed, tmp_path, report):
            f"{boot.mem_available_kb} kB before S99storybot; daemon ready at {ready:.1f} s "
            f"uptime, MemAvailable then {after} kB, daemon RSS {rss} kB")
     assert "python3 -m robot.cli serve" in ps  # bin/storybot's exec, from S99storybot's loop
+    assert "KV cache fp16" in status  # the Duo's cache, though this CPU would pick fp32
     assert 30 * 1024 < boot.mem_available_kb < 42 * 1024  # the Duo's ~36 MiB, not a big VM
     assert "nc: 0" not in tried
 

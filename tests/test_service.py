@@ -130,6 +130,20 @@ def test_sigterm_during_a_story_exits_cleanly(notify_socket, tmp_path):
     assert "Threads still running" not in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("setting, cache", [(None, "fp32"), ("fp16", "fp16")])
+def test_the_kv_cache_setting_reaches_the_engine(notify_socket, setting, cache):
+    # the fp32 model keeps an exact fp32 cache unless told; the board VM tells it fp16
+    env = {"STORYBOT_KV_CACHE": setting} if setting else {}
+    proc = storybot("serve", "--control", "", "--button", "none", env=env)
+    try:
+        wait_for(lambda: any(m.startswith("READY=1") for m in notify_socket()))
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    [status] = [m for m in notify_socket() if m.startswith("READY=1")]
+    assert f"(llama2c-fp32, KV cache {cache})" in status
+
+
 def test_ask_piped_into_head_ends_quietly():
     port = free_port()
     board = storybot("serve", "--control", f"127.0.0.1:{port}", "--button", "none",
