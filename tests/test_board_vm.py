@@ -67,6 +67,7 @@ def installed(board_bundle, tmp_path_factory, report):  # noqa: F811
         t0 = time.monotonic()
         out = vm.install(board_bundle.tarball.name)
         took = time.monotonic() - t0
+        stdlib = vm.sh("ls /usr/lib/python3*/asyncio/__pycache__ 2>/dev/null || true")
         vm.configure(boardvm.board_settings(STEPS, 0))
         vm.pair(SECRET)
         vm.poweroff()
@@ -75,6 +76,8 @@ def installed(board_bundle, tmp_path_factory, report):  # noqa: F811
            f"-m {vm.memory_mb}M); install.sh in the VM {took:.0f} s")
     assert "storybot generate (lib/glibc-rv64gc, ABI mode) told: Once" in out
     assert "installed /etc/init.d/S99storybot" in out
+    # the userland came without bytecode: install.sh compiled what the daemon imports
+    assert "base_events.cpython" in stdlib
     return vm.disk
 
 
@@ -185,8 +188,9 @@ async def test_a_256_position_story_end_to_end_in_the_duos_memory(installed, boa
             same_pid = (await asyncio.to_thread(vm.sh, "cat /run/storybot.pid")).split()[-1]
             ooms = await asyncio.to_thread(vm.oom_kills)
             rss = await asyncio.to_thread(vm.daemon_rss_kb)
+            peak = await asyncio.to_thread(vm.daemon_rss_kb, "VmHWM")
     report(f"{STEPS}-position story: {took:.0f} s wall, lowest MemAvailable {low} kB, daemon "
-           f"RSS after {rss} kB, {faults} major faults, {ooms} OOM kills")
+           f"RSS after {rss} kB (peak {peak} kB), {faults} major faults, {ooms} OOM kills")
     assert code == 0 and "(stopped" not in err, err  # told whole, not cut short
     assert ooms == 0 and same_pid == pid  # nothing killed, nothing restarted
     model_pages = (board_bundle.directory / "models" / bundle.MODEL_NAME).stat().st_size // 4096

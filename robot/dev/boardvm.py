@@ -277,9 +277,10 @@ class BoardVM:
         raise RuntimeError("board VM: the daemon is not ready:\n" +
                            self.sh("tail -n 30 /var/log/storybot.log", check=False))
 
-    def daemon_rss_kb(self) -> int:
+    def daemon_rss_kb(self, field: str = "VmRSS") -> int:
+        """The daemon's resident set now (VmRSS) or at its highest so far (VmHWM)."""
         pid = self.sh("cat /run/storybot.pid").split()[-1]
-        return int(self.sh(f"awk '/^VmRSS:/ {{ print $2 }}' /proc/{pid}/status").split()[-1])
+        return int(self.sh(f"awk '/^{field}:/ {{ print $2 }}' /proc/{pid}/status").split()[-1])
 
     def oom_kills(self) -> int:
         return int(self.sh("dmesg | grep -c 'Out of memory' || true").split()[-1])
@@ -433,7 +434,8 @@ def _stories(vm: BoardVM, count: int, prompt: str, secret: bytes) -> int:
         print(f"story {n + 1}: {sentences} sentences in {time.monotonic() - t0:.0f} s"
               f"{f' (NOT WHOLE: {why})' if why else ''}; lowest MemAvailable "
               f"{vm.sh('cat /run/memlow').split()[-1]} kB, now {after[-1][0]} kB, "
-              f"daemon RSS {after[-1][1]} kB, OOM kills {vm.oom_kills()}", flush=True)
+              f"daemon RSS {after[-1][1]} kB (peak so far {vm.daemon_rss_kb('VmHWM')} kB), "
+              f"OOM kills {vm.oom_kills()}", flush=True)
         if why:
             return 1
     if count > 1:
