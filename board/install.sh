@@ -193,6 +193,10 @@ fi
 
 # --- 3. switch current with one rename ------------------------------------------------
 
+# The release's files on the disk before current names it: ext4 commits a rename within
+# seconds but writes new files' data later, so a power cut after the switch could leave
+# current pointing at empty files (tests/test_board_vm.py cuts the power there).
+sync
 PREVIOUS=$(readlink "$DEST/current" 2>/dev/null || true)
 SWITCHED=no
 if [ "$PREVIOUS" = "releases/$ID" ]; then
@@ -275,4 +279,5 @@ if [ "$SWITCHED" = yes ]; then
 		esac
 	done
 fi
+sync # "done" means it is on the disk: the board may be unplugged now
 say "done: $PREFIX/current/bin/storybot serve (or storybot-run for the CLI alone)"
