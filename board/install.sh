@@ -132,6 +132,15 @@ else
 	CAN_RUN=yes
 fi
 
+# release_python DIR ARGS...: python3 run in release DIR, so that no robot/ of the
+# current directory is imported instead (a subshell: dir stays its own)
+release_python() (
+	dir=$1
+	shift
+	# shellcheck disable=SC2086  # EMULATOR is a word list
+	cd "$dir" && PYTHONPATH="$dir/python" STORYBOT_ABI=1 $EMULATOR "$ROOT/usr/bin/python3" "$@"
+)
+
 # check_release DIR: the CLI and, where there is a Python, the library in ABI mode
 # each tell a short story
 check_release() {
@@ -152,17 +161,14 @@ check_release() {
 	# compiler's memory, also where it may not write (systemd's ProtectSystem=strict).
 	# shellcheck disable=SC2086
 	$EMULATOR "$ROOT/usr/bin/python3" -m compileall -q "$1/python" > /dev/null || return 1
-	# in the release, so that no robot/ of the current directory is imported instead
-	# shellcheck disable=SC2086
-	out=$(cd "$1" && PYTHONPATH="$1/python" STORYBOT_ABI=1 $EMULATOR "$ROOT/usr/bin/python3" \
-		-m robot.cli generate $story 2>&1) || { printf '%s\n' "$out" >&2; return 1; }
+	# shellcheck disable=SC2086  # story is a word list
+	out=$(release_python "$1" -m robot.cli generate $story 2>&1) || { printf '%s\n' "$out" >&2; return 1; }
 	say "storybot generate (lib/$LIBDIR, ABI mode) told: $(printf '%s\n' "$out" | head -n 1)"
 	# The standard library's bytecode for what the daemon imports, where this python3 came
 	# without it: else the daemon compiles those modules when it starts (at every start
 	# where it may not write) and keeps ~2 MiB more for good (tools/board-vm/README.md).
-	# shellcheck disable=SC2086
-	out=$(cd "$1" && PYTHONPATH="$1/python" STORYBOT_ABI=1 $EMULATOR "$ROOT/usr/bin/python3" \
-		-c 'import robot.board, robot.cli, robot.service' 2>&1) || { printf '%s\n' "$out" >&2; return 1; }
+	out=$(release_python "$1" -c 'import robot.board, robot.cli, robot.service' 2>&1) ||
+		{ printf '%s\n' "$out" >&2; return 1; }
 }
 
 mkdir -p "$DEST/releases"
