@@ -25,6 +25,7 @@ from test_install import board_bundle, install, need  # noqa: F401  (board_bundl
 from test_voicehost import SECRET
 
 from robot import seal
+from robot.board import KV_CACHE
 from robot.dev import boardvm, bundle
 from robot.dev.bundle import free_port
 from robot.engine import Engine, Params
@@ -128,8 +129,8 @@ def x86_story(board_bundle, opening: str, steps: int) -> list[str]:  # noqa: F81
     library's family) and the KV cache board_settings gives the VM's daemon, from the
     bundle's own model."""
     model = board_bundle.directory / "models" / bundle.MODEL_NAME
-    half = boardvm.board_settings(steps, 0)["STORYBOT_KV_CACHE"] == "fp16"
-    params = Params(temperature=0, steps=steps, kernels="generic", kv_fp16=half)
+    cache = KV_CACHE[boardvm.board_settings(steps, 0)["STORYBOT_KV_CACHE"]]
+    params = Params(temperature=0, steps=steps, kernels="generic", kv_fp16=cache)
     with Engine(model, model.parent / "tokenizer.bin", params) as engine:
         return list(Story(engine, opening, params, word_filter=WordFilter.default()).sentences())
 
