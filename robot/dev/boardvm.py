@@ -282,6 +282,12 @@ class BoardVM:
         pid = self.sh("cat /run/storybot.pid").split()[-1]
         return int(self.sh(f"awk '/^{field}:/ {{ print $2 }}' /proc/{pid}/status").split()[-1])
 
+    def disk_read_kb(self) -> int:
+        """kB read from the VM's disks since boot (/sys/block/vd*/stat's sectors read): the
+        model's pages and the classifier blocks the page cache did not hold."""
+        return int(self.sh("cat /sys/block/vd*/stat | awk '{ s += $3 } END { print s / 2 }'")
+                   .split()[-1])
+
     def oom_kills(self) -> int:
         return int(self.sh("dmesg | grep -c 'Out of memory' || true").split()[-1])
 
@@ -386,7 +392,7 @@ def _cmd_board_vm(args: argparse.Namespace) -> int:
                 _boot_ready(vm)
                 if args.scenario == "console":
                     return _interactive(vm)
-                code = _stories(vm, args.stories, args.prompt, secret)
+                code = _stories(vm, args.stories, args.prompt, secret, args.steps)
             print(f"WAVs in {wav_dir}: {sorted(p.name for p in wav_dir.glob('*.wav'))}")
             return code
         finally:
@@ -422,19 +428,23 @@ def _boot_ready(vm: BoardVM) -> None:
           flush=True)
 
 
-def _stories(vm: BoardVM, count: int, prompt: str, secret: bytes) -> int:
-    """Tells count stories in a row; prints the memory after each and, for a soak, how
-    far MemAvailable and the daemon's RSS moved between the first story and the last."""
+def _stories(vm: BoardVM, count: int, prompt: str, secret: bytes, steps: int) -> int:
+    """Tells count stories in a row; prints the memory and the disk reads of each and, for
+    a soak, how far MemAvailable and the daemon's RSS moved between the first story and
+    the last."""
     vm.sh("(/usr/local/sbin/memlow /run/memlow &)")
     after = []
     for n in range(count):
         t0 = time.monotonic()
+        read0 = vm.disk_read_kb()
         sentences, why = asyncio.run(_ask(vm.control_port, prompt, secret))
+        read = vm.disk_read_kb() - read0
         after.append((vm.mem_available_kb(), vm.daemon_rss_kb()))
         print(f"story {n + 1}: {sentences} sentences in {time.monotonic() - t0:.0f} s"
               f"{f' (NOT WHOLE: {why})' if why else ''}; lowest MemAvailable "
               f"{vm.sh('cat /run/memlow').split()[-1]} kB, now {after[-1][0]} kB, "
               f"daemon RSS {after[-1][1]} kB (peak so far {vm.daemon_rss_kb('VmHWM')} kB), "
+              f"disk read {read} kB ({read / steps:.1f} kB a position), "
               f"OOM kills {vm.oom_kills()}", flush=True)
         if why:
             return 1
