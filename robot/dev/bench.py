@@ -220,7 +220,7 @@ def bench_riscv(name: str, env: Dict[str, str], model: Path, tok: Path, steps: i
     # vector instructions are only totalled at exit: difference two runs of different
     # length (the same prompt, so the difference is generated positions only)
     half = steps - len(spans) // 2
-    _, insns_h, vec_h = _count(emu, env[plugin_var], vspec, build / "storybot-bench", model, tok, half)
+    _, _, vec_h = _count(emu, env[plugin_var], vspec, build / "storybot-bench", model, tok, half)
     per_token = statistics.median(s[0] for s in spans)
     vector = (vec - vec_h) / (steps - half)
     return Result(name, model.name, insns_per_token=per_token,
@@ -376,7 +376,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results: List[Result] = []
     host = make("build")
     for model in model_paths if not args.riscv_only else []:
-        for rnd in range(args.rounds):  # interleaved rounds: load drifts hit every build alike
+        for _ in range(args.rounds):  # interleaved rounds: load drifts hit every build alike
             results.append(bench_host("storybot", host / "storybot-bench", model, tok, args.runs))
             results.append(bench_host("storybot generic", host / "storybot-bench", model, tok,
                                       args.runs, kernels="generic"))

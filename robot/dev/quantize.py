@@ -74,12 +74,9 @@ ROWS = 32
 ALIGN = 64
 HEADER_SIZE = 256
 _HEADER = struct.Struct("<4sI8sIIII7iI32sQI")
-CONFIG_NAMES = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
-                "seq_len")
 KINDS = ("token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "wcls")
 Q8, Q6, Q5, Q4, F32 = 8, 6, 5, 4, 32
 Q4_ROW = 40  # q4 blocks, one scale per row: a 4-bit draft's type
-TYPES = (Q8, Q6, Q5, Q4, Q4_ROW, F32)
 WIDTHS = (Q8, Q6, Q5, Q4)
 
 # Named formats: bits per kind of matrix (the classifier, when not shared, follows the
@@ -95,8 +92,8 @@ FORMATS: Dict[str, Tuple[Dict[str, int], str]] = {
     "board": ({"token_embedding": 8, "wq": 4, "wk": 4, "wv": 8, "wo": 8, "w1": 8, "w2": 8,
                "w3": 8, "draft": 4}, "gptq"),
 }
-FORMAT_IDS = {"q8_0": 1, "q4_0": 2}
-MIXED_ID = 3
+# the header's format id, as model_quant.c names it
+FORMAT_NAMES = {1: "q8_0", 2: "q4_0", 3: "mixed"}
 
 
 class FormatError(ValueError):
@@ -258,14 +255,6 @@ def quantize_rtn(w, bits: int):
     lo, hi = LEVELS[bits]
     q = np.clip(np.rint(g / safe[:, :, None]), lo, hi).astype(np.int8)
     return q.reshape(w.shape), scale
-
-
-def quantize_q8(w):
-    return quantize_rtn(w, Q8)
-
-
-def quantize_q4(w):
-    return quantize_rtn(w, Q4)
 
 
 def quantize_gptq(w, h, bits: int):
@@ -454,7 +443,7 @@ def pack_header(c: Config, format_id: int, sha_hex: str, file_size: int,
 
 def format_id(types: List[int]) -> int:
     kinds = set(types) - {F32}
-    return 1 if kinds == {Q8} else 2 if kinds == {Q4} else MIXED_ID
+    return 1 if kinds == {Q8} else 2 if kinds == {Q4} else 3
 
 
 def write_quantized(c: Config, tensors, out_path, bits: Dict[str, int], method: str,
@@ -511,13 +500,12 @@ def read_header(path) -> Header:
         ints, shared, sha, size, draft = rest[:7], rest[7], rest[8], rest[9], rest[10]
         if version != VERSION:
             raise FormatError(f"{path}: version {version}, this storybot reads {VERSION}")
-        if arch != ARCH or fmt_id not in (1, 2, MIXED_ID) or gs != GROUP or rows != ROWS \
+        if arch != ARCH or fmt_id not in FORMAT_NAMES or gs != GROUP or rows != ROWS \
                 or align != ALIGN or draft > 1:
             raise FormatError(f"{path}: unsupported architecture/format/group/rows/alignment")
         c = Config(*ints, shared=bool(shared), draft=bool(draft))
         types = list(f.read(len(matrix_names(c))))
-    names = {1: "q8_0", 2: "q4_0", MIXED_ID: "mixed"}
-    return Header(names[fmt_id], gs, c, sha.hex(), size, types)
+    return Header(FORMAT_NAMES[fmt_id], gs, c, sha.hex(), size, types)
 
 
 def classifier_read_by_blocks(path) -> int:
