@@ -285,8 +285,8 @@ class BoardVM:
     def disk_read_kb(self) -> int:
         """kB read from the VM's disks since boot (/sys/block/vd*/stat's sectors read): the
         model's pages and the classifier blocks the page cache did not hold."""
-        return int(self.sh("cat /sys/block/vd*/stat | awk '{ s += $3 } END { print s / 2 }'")
-                   .split()[-1])
+        sectors = self.sh("cat /sys/block/vd*/stat | awk '{ s += $3 } END { print s }'")
+        return int(sectors.split()[-1]) // 2  # 512-byte sectors
 
     def oom_kills(self) -> int:
         return int(self.sh("dmesg | grep -c 'Out of memory' || true").split()[-1])

@@ -93,7 +93,8 @@ FORMATS: Dict[str, Tuple[Dict[str, int], str]] = {
                "w3": 8, "draft": 4}, "gptq"),
 }
 # the header's format id, as model_quant.c names it
-FORMAT_NAMES = {1: "q8_0", 2: "q4_0", 3: "mixed"}
+FORMAT_IDS = {"q8_0": 1, "q4_0": 2, "mixed": 3}
+FORMAT_NAMES = {i: name for name, i in FORMAT_IDS.items()}
 
 
 class FormatError(ValueError):
@@ -443,7 +444,7 @@ def pack_header(c: Config, format_id: int, sha_hex: str, file_size: int,
 
 def format_id(types: List[int]) -> int:
     kinds = set(types) - {F32}
-    return 1 if kinds == {Q8} else 2 if kinds == {Q4} else 3
+    return FORMAT_IDS["q8_0" if kinds == {Q8} else "q4_0" if kinds == {Q4} else "mixed"]
 
 
 def write_quantized(c: Config, tensors, out_path, bits: Dict[str, int], method: str,
