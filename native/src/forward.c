@@ -219,6 +219,7 @@ static void matvec_rows(const sb_model *m, const sb_state_q *qx, float *out, con
     case SB_Q6:
     case SB_Q8_ROWS:
     case SB_Q4_ROW:
+    case SB_Q8_ROW:
         sb_matvec_quant_rows(m, qx, out, w, r0, r1);
         break;
     case SB_F32_ROWS:
@@ -269,7 +270,7 @@ void sb_matvec(const sb_model *m, sb_state *s, float *out, const float *x, const
 
 /* The draft classifier's second pass: the row blocks holding a logit within delta of
  * the draft's largest are scored again from wcls, from x quantized as wcls takes it (an
- * SB_Q4_ROW draft took it with one scale). The other rows keep their draft logits: at
+ * SB_Q4_ROW draft took it with one scale, as an SB_Q8_ROW classifier does). The other rows keep their draft logits: at
  * delta 6 their probabilities are each under e^-6 of the top's, and on the eval text the
  * mix scores as the full classifier does (twopass.c). */
 static void rescore(const sb_model *m, sb_state *s, const float *x) {
@@ -289,7 +290,9 @@ static void rescore(const sb_model *m, sb_state *s, const float *x) {
         if (n < SB_RESCORE_ROWS && nb <= SB_RESCORE_BLOCKS) break;
     }
     if (nb > SB_RESCORE_BLOCKS) nb = SB_RESCORE_BLOCKS; // only ties get here: the first blocks
-    if (m->draft.type == SB_Q4_ROW) sb_quantize_input(m, &s->qx, x, &m->wcls);
+    if (sb_row_scaled(m->draft.type) != sb_row_scaled(m->wcls.type)) {
+        sb_quantize_input(m, &s->qx, x, &m->wcls);
+    }
     for (int i = 0; i < nb; i++) {
         sb_matrix blk;
         int e = sb_read_block(m, blocks[i], s->cls_block, &blk);

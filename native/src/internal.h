@@ -61,7 +61,14 @@ typedef enum {
     SB_Q6 = 6,   // 6-bit, the same with two high bits per weight
     SB_Q4_ROW = 7, // 4-bit, SB_Q4_0's blocks with one fp16 scale per row; its input is
                    // quantized with one scale for the whole vector (a draft's layout)
+    SB_Q8_ROW = 8, // int8, SB_Q8_0's blocks with one fp16 scale per row, its input as
+                   // SB_Q4_ROW's (a classifier's layout; not SB_Q8_ROWS, ak42's)
 } sb_type;
+
+/* The row-scaled types, whose input is quantized with one scale for the whole vector. */
+static inline int sb_row_scaled(sb_type t) {
+    return t == SB_Q4_ROW || t == SB_Q8_ROW;
+}
 
 /* A weight matrix W (rows, cols) as the kernels want it. */
 typedef struct {
@@ -69,7 +76,7 @@ typedef struct {
     int rows, cols;
     const void *data;
     const void *scales;  // quantized types: one per group of group_size weights, fp16
-                         // (the blocks) or fp32 (SB_Q8_ROWS); SB_Q4_ROW one per row
+                         // (the blocks) or fp32 (SB_Q8_ROWS); sb_row_scaled one per row
     int group_size;      // quantized types: a multiple of SB_QK
 } sb_matrix;
 
@@ -142,8 +149,9 @@ sb_status sb_model_load_quant(sb_model *m, int fd, uint64_t size, uint32_t magic
 int sb_is_quant_magic(uint32_t magic);
 /* out (dim,) = row token of a quantized embedding, dequantized. */
 void sb_dequantize_row(const sb_matrix *w, int row, float *out);
-/* Quantizes x (w->cols,) into s as w's products below take it: Q8_0, or for SB_Q4_ROW
- * int8 with one scale for the whole vector (every group's xs the same). */
+/* Quantizes x (w->cols,) into s as w's products below take it: Q8_0, or for the
+ * sb_row_scaled types int8 with one scale for the whole vector (every group's xs the
+ * same). */
 void sb_quantize_input(const sb_model *m, sb_state_q *s, const float *x, const sb_matrix *w);
 /* Rows [r0, r1) of out = W @ x for a quantized W, x already in s; r0 % SB_QK == 0. */
 void sb_matvec_quant_rows(const sb_model *m, const sb_state_q *s, float *out,

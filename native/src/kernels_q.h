@@ -37,6 +37,7 @@ typedef struct {
      * over all n columns, times its fp16 scale, times xs[0], in that order, so every set
      * gives the same bits (NULL: the portable kernel) */
     sb_qmatvec_fn matvec_q4_row;
+    sb_qmatvec_fn matvec_q8_row; // SB_Q8_ROW, as SB_Q4_ROW (NULL: the portable kernel)
     /* fp16 KV cache: dst (n,) = src rounded to IEEE half */
     void (*f16_store)(uint16_t *dst, const float *src, int n);
     /* att[t] = sum_i q[i] * kt[i * seq_len + t] for t < n (keys transposed); here and in
@@ -57,8 +58,11 @@ int sb_qkernels_all(const sb_qkernel_set **sets, int cap);
 /* IEEE half <-> float, rounding to nearest even (portable; for the fp16 KV cache). */
 uint16_t sb_f32_to_f16(float f);
 float sb_f16_to_f32(uint16_t h);
-/* The portable SB_Q4_ROW product, for sets without their own (and large n on the C906). */
+/* The portable SB_Q4_ROW and SB_Q8_ROW products, for sets without their own (and large n on the C906). */
 void sb_matvec_q4_row_generic(float *out, const int8_t *xq, const float *xs,
+                              const int32_t *xsum, const void *w, const void *ws, int n,
+                              int d, int gs);
+void sb_matvec_q8_row_generic(float *out, const int8_t *xq, const float *xs,
                               const int32_t *xsum, const void *w, const void *ws, int n,
                               int d, int gs);
 /* The portable fp16 KV kernels, for sets without their own. */
@@ -91,6 +95,8 @@ void sb_matvec_q5_xt(float *out, const int8_t *xq, const float *xs, const int32_
 void sb_matvec_q6_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
                      const void *w, const void *ws, int n, int d, int gs);
 void sb_matvec_q4_row_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                         const void *w, const void *ws, int n, int d, int gs);
+void sb_matvec_q8_row_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
                          const void *w, const void *ws, int n, int d, int gs);
 /* The fp16 KV kernels in XTheadVector's half conversions (kernels_rvv.c). */
 void sb_f16_store_xt(uint16_t *dst, const float *src, int n);

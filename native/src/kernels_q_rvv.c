@@ -84,8 +84,25 @@ static inline vfloat32m8_t scale_add(vfloat32m8_t facc, vint32m8_t isum, const u
     return __riscv_vfmacc_vf_f32m8(facc, xs, f, vl);
 }
 
-/* One e8m8 load brings 4 columns (RVV loads take no offset, so fewer loads also means
- * fewer address adds), split with vget. */
+/* isum += a group's 32 columns of q8, x its activations; *wq moves past the group. One
+ * e8m8 load brings 4 columns (RVV loads take no offset, so fewer loads also means fewer
+ * address adds), split with vget. */
+static inline vint32m8_t q8_group(vint32m8_t isum, const int8_t *x, const int8_t **wq,
+                                  size_t vl) {
+    for (int j = 0; j < SB_QK; j += 4, *wq += 4 * SB_QK) { // columns j..j+3
+        vint8m8_t c = __riscv_vle8_v_i8m8(*wq, 4 * vl);
+        vint8m2_t c0 = __riscv_vget_v_i8m8_i8m2(c, 0), c1 = __riscv_vget_v_i8m8_i8m2(c, 1);
+        vint8m2_t c2 = __riscv_vget_v_i8m8_i8m2(c, 2), c3 = __riscv_vget_v_i8m8_i8m2(c, 3);
+        vint16m4_t p = __riscv_vwmul_vx_i16m4(c0, x[j], vl);
+        p = __riscv_vwmacc_vx_i16m4(p, x[j + 1], c1, vl);
+        vint16m4_t r = __riscv_vwmul_vx_i16m4(c2, x[j + 2], vl);
+        r = __riscv_vwmacc_vx_i16m4(r, x[j + 3], c3, vl);
+        isum = __riscv_vwadd_wv_i32m8(isum, p, vl);
+        isum = __riscv_vwadd_wv_i32m8(isum, r, vl);
+    }
+    return isum;
+}
+
 static void matvec_q8_0_rvv(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
                             const void *w, const void *wsv, int n, int d, int gs) {
     const uint16_t *ws = wsv;
@@ -96,19 +113,7 @@ static void matvec_q8_0_rvv(float *out, const int8_t *xq, const float *xs, const
     for (int b = 0; b < d; b += SB_QK) {
         vfloat32m8_t facc = __riscv_vfmv_v_f_f32m8(0.0f, vl);
         for (int g = 0; g < ng; g++, ws += SB_QK) {
-            const int8_t *x = xq + g * SB_QK;
-            vint32m8_t isum = __riscv_vmv_v_x_i32m8(0, vl);
-            for (int j = 0; j < SB_QK; j += 4, wq += 4 * SB_QK) { // columns j..j+3
-                vint8m8_t c = __riscv_vle8_v_i8m8(wq, 4 * vl);
-                vint8m2_t c0 = __riscv_vget_v_i8m8_i8m2(c, 0), c1 = __riscv_vget_v_i8m8_i8m2(c, 1);
-                vint8m2_t c2 = __riscv_vget_v_i8m8_i8m2(c, 2), c3 = __riscv_vget_v_i8m8_i8m2(c, 3);
-                vint16m4_t p = __riscv_vwmul_vx_i16m4(c0, x[j], vl);
-                p = __riscv_vwmacc_vx_i16m4(p, x[j + 1], c1, vl);
-                vint16m4_t r = __riscv_vwmul_vx_i16m4(c2, x[j + 2], vl);
-                r = __riscv_vwmacc_vx_i16m4(r, x[j + 3], c3, vl);
-                isum = __riscv_vwadd_wv_i32m8(isum, p, vl);
-                isum = __riscv_vwadd_wv_i32m8(isum, r, vl);
-            }
+            vint32m8_t isum = q8_group(__riscv_vmv_v_x_i32m8(0, vl), xq + g * SB_QK, &wq, vl);
             facc = scale_add(facc, isum, ws, xs[g], vl);
         }
         __riscv_vse32_v_f32m8(out + b, facc, (size_t)(d - b < SB_QK ? d - b : SB_QK));
@@ -175,6 +180,25 @@ static void matvec_q4_row_rvv(float *out, const int8_t *xq, const float *xs,
     for (int b = 0; b < d; b += SB_QK, ws += SB_QK) {
         vint32m8_t isum = __riscv_vmv_v_x_i32m8(-8 * total, vl);
         for (int g = 0; g < ng; g++) isum = q4_group(isum, xq + g * SB_QK, &wq, vl);
+        vfloat32m8_t f = __riscv_vfmul_vv_f32m8(__riscv_vfcvt_f_x_v_f32m8(isum, vl),
+                                                load_scales(ws, vl), vl);
+        f = __riscv_vfmul_vf_f32m8(f, xs[0], vl);
+        __riscv_vse32_v_f32m8(out + b, f, (size_t)(d - b < SB_QK ? d - b : SB_QK));
+    }
+}
+
+/* SB_Q8_ROW: as SB_Q4_ROW, with q8_0's groups. */
+static void matvec_q8_row_rvv(float *out, const int8_t *xq, const float *xs,
+                              const int32_t *xsum, const void *w, const void *wsv, int n,
+                              int d, int gs) {
+    const uint16_t *ws = wsv;
+    (void)xsum, (void)gs;
+    const int8_t *wq = w;
+    int ng = n / SB_QK;
+    size_t vl = __riscv_vsetvl_e8m2(SB_QK);
+    for (int b = 0; b < d; b += SB_QK, ws += SB_QK) {
+        vint32m8_t isum = __riscv_vmv_v_x_i32m8(0, vl);
+        for (int g = 0; g < ng; g++) isum = q8_group(isum, xq + g * SB_QK, &wq, vl);
         vfloat32m8_t f = __riscv_vfmul_vv_f32m8(__riscv_vfcvt_f_x_v_f32m8(isum, vl),
                                                 load_scales(ws, vl), vl);
         f = __riscv_vfmul_vf_f32m8(f, xs[0], vl);
@@ -283,6 +307,7 @@ const sb_qkernel_set sb_qkernels_rvv = {
     .matvec_q5 = sb_matvec_q5_xt,
     .matvec_q6 = sb_matvec_q6_xt,
     .matvec_q4_row = sb_matvec_q4_row_xt,
+    .matvec_q8_row = sb_matvec_q8_row_xt,
     .f16_vector = 1,
     .f16_store = sb_f16_store_xt,
     .f16_scores = sb_f16_scores_xt,
@@ -293,6 +318,7 @@ const sb_qkernel_set sb_qkernels_rvv = {
     .matvec_q5 = matvec_q5_rvv,
     .matvec_q6 = matvec_q6_rvv,
     .matvec_q4_row = matvec_q4_row_rvv,
+    .matvec_q8_row = matvec_q8_row_rvv,
     // the fp16 KV cache uses the portable conversions here (vector halves need Zvfh)
     .f16_store = sb_f16_store_generic,
     .f16_scores = sb_f16_scores_generic,

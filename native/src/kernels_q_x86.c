@@ -169,12 +169,13 @@ static int has_avx512vnni(void) {
                         .matvec_q8_rows = matvec_q8_rows_##rows, .f16_store = f16_store_avx2, \
                         .matvec_q5 = matvec_q5_##rows, .matvec_q6 = matvec_q6_##rows,       \
                         .matvec_q4_row = matvec_q4_row_##rows,                              \
+                        .matvec_q8_row = matvec_q8_row_##rows,                              \
                         .f16_scores = f16_scores_avx2, .f16_mix = f16_mix_avx2 }
 
 static const sb_qkernel_set set_avx2 = QSET(avx2, avx2);
 static const sb_qkernel_set set_avxvnni = QSET(avxvnni, avxvnni);
-// row-major (ak42), q5/q6 and row-scaled q4 (a draft's) products stay 256-bit: the
-// first needs a horizontal sum per row, the others gain little from wider vectors
+// row-major (ak42), q5/q6 and row-scaled products stay 256-bit: the first needs a
+// horizontal sum per row, the others gain little from wider vectors
 static const sb_qkernel_set set_avx512vnni = QSET(avx512vnni, avx2);
 
 const sb_qkernel_choice sb_qkernels_x86[] = { // ascending speed
@@ -292,8 +293,26 @@ ATTR static void SFX(matvec_q4_0)(float *out, const int8_t *xq, const float *xs,
     }
 }
 
-/* SB_Q4_ROW: q4_0's loop with the int32 sums kept over every group (x has one scale),
- * then each row's float(sum) * scale * xs as two multiplications, the portable bits. */
+/* The row-scaled types' end: out (rows) = float(i - off) * scale[row] * xs, two
+ * multiplications, the portable bits; i in unpack4's row order. */
+ATTR static inline void SFX(store_row_scaled)(float *out, const __m256i i[4], int32_t off,
+                                              const uint16_t *ws, float xs, int rows) {
+    __m256i r[4] = {_mm256_permute2x128_si256(i[0], i[1], 0x20),
+                    _mm256_permute2x128_si256(i[2], i[3], 0x20),
+                    _mm256_permute2x128_si256(i[0], i[1], 0x31),
+                    _mm256_permute2x128_si256(i[2], i[3], 0x31)};
+    const __m256i voff = _mm256_set1_epi32(off);
+    const __m256 vx = _mm256_set1_ps(xs);
+    __m256 acc[4];
+    for (int k = 0; k < 4; k++) {
+        __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ws + 8 * k)));
+        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(r[k], voff)), sc);
+        acc[k] = _mm256_mul_ps(f, vx);
+    }
+    SFX(store_rows)(out, acc, rows);
+}
+
+/* SB_Q4_ROW: q4_0's loop with the int32 sums kept over every group (x has one scale). */
 ATTR static void SFX(matvec_q4_row)(float *out, const int8_t *xq, const float *xs,
                                     const int32_t *xsum, const void *w, const void *wsv,
                                     int n, int d, int gs) {
@@ -303,8 +322,7 @@ ATTR static void SFX(matvec_q4_row)(float *out, const int8_t *xq, const float *x
     int ng = n / SB_QK;
     int32_t total = 0;
     for (int g = 0; g < ng; g++) total += xsum[g];
-    const __m256i low = _mm256_set1_epi8(15), off = _mm256_set1_epi32(8 * total);
-    const __m256 vx = _mm256_set1_ps(xs[0]);
+    const __m256i low = _mm256_set1_epi8(15);
     for (int b = 0; b < d; b += SB_QK, ws += SB_QK) {
         __m256i i[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                         _mm256_setzero_si256()};
@@ -321,17 +339,32 @@ ATTR static void SFX(matvec_q4_row)(float *out, const int8_t *xq, const float *x
                 for (int k = 0; k < 4; k++) i[k] = DOT4(i[k], q[k], x4);
             }
         }
-        __m256i r[4] = {_mm256_permute2x128_si256(i[0], i[1], 0x20),
-                        _mm256_permute2x128_si256(i[2], i[3], 0x20),
-                        _mm256_permute2x128_si256(i[0], i[1], 0x31),
-                        _mm256_permute2x128_si256(i[2], i[3], 0x31)};
-        __m256 acc[4];
-        for (int k = 0; k < 4; k++) {
-            __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ws + 8 * k)));
-            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(r[k], off)), sc);
-            acc[k] = _mm256_mul_ps(f, vx);
+        SFX(store_row_scaled)(out + b, i, 8 * total, ws, xs[0], d - b); // nibbles: q + 8
+    }
+}
+
+/* SB_Q8_ROW: q8_0's loop, its int32 sums kept over every group as SB_Q4_ROW's. */
+ATTR static void SFX(matvec_q8_row)(float *out, const int8_t *xq, const float *xs,
+                                    const int32_t *xsum, const void *w, const void *wsv,
+                                    int n, int d, int gs) {
+    const uint16_t *ws = wsv;
+    (void)xsum, (void)gs;
+    const int8_t *wq = w;
+    int ng = n / SB_QK;
+    for (int b = 0; b < d; b += SB_QK, ws += SB_QK) {
+        __m256i i[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                        _mm256_setzero_si256()};
+        for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK) {
+            for (int j = 0; j < SB_QK; j += 4) {
+                const __m256i *col = (const __m256i *)(wq + j * SB_QK);
+                __m256i x4 = SFX(bcast4)(xq + g * SB_QK + j), ax = _mm256_abs_epi8(x4);
+                __m256i q[4];
+                SFX(unpack4)(_mm256_loadu_si256(col), _mm256_loadu_si256(col + 1),
+                             _mm256_loadu_si256(col + 2), _mm256_loadu_si256(col + 3), q);
+                for (int k = 0; k < 4; k++) i[k] = DOT4(i[k], ax, _mm256_sign_epi8(q[k], x4));
+            }
         }
-        SFX(store_rows)(out + b, acc, d - b);
+        SFX(store_row_scaled)(out + b, i, 0, ws, xs[0], d - b);
     }
 }
 

@@ -286,18 +286,19 @@ static void q6_block(float *acc, const uint8_t *w, const uint16_t *ws, const int
 }
 
 // ----------------------------------------------------------------------------
-// SB_Q4_ROW: q4_0's blocks, one int32 run per row over every group (x has one scale),
-// so a group ends with no float work; the plan's widenings carry across groups.
+// SB_Q4_ROW, SB_Q8_ROW: the blocks above, one int32 run per row over every group (x has
+// one scale), so a group ends with no float work; the plan's widenings carry across
+// groups.
 
 /* Bit k of plan[g]: widen before unit k of group g (the first unit of all never). */
-static void xt_plan_rows(uint16_t *plan, const int8_t *xq, int groups) {
+static void xt_plan_rows(uint16_t *plan, const xt_layout *l, const int8_t *xq, int groups) {
     int used = 0;
     for (int g = 0; g < groups; g++, xq += SB_QK) {
         uint16_t bits = 0;
-        for (int k = 0; k < SB_QK / XT_Q4.unit; k++) {
+        for (int k = 0; k < SB_QK / l->unit; k++) {
             int s = 0;
-            for (int j = 0; j < XT_Q4.unit; j++) s += abs(xq[k * XT_Q4.unit + j]);
-            if (used + s > XT_Q4.limit) {
+            for (int j = 0; j < l->unit; j++) s += abs(xq[k * l->unit + j]);
+            if (used + s > l->limit) {
                 bits |= (uint16_t)(1u << k);
                 used = 0;
             }
@@ -307,63 +308,90 @@ static void xt_plan_rows(uint16_t *plan, const int8_t *xq, int groups) {
     }
 }
 
-#define Q4R_UNIT(k)                                                     \
-    Q4_SPLIT(2 * k) XT_FIRST(k, "v8", 4 * k) XT_MACC("v10", 4 * k + 1)  \
-    XT_MACC("v12", 4 * k + 2) XT_MACC("v14", 4 * k + 3)
-
 /* out (32 rows) = float(start + the rows' sums) * their scales * xs: the products start
  * at zero and every unit checks the plan. */
+#define XT_ROW_ASM(body, wbytes)                                                            \
+    __asm__ volatile("th.vsetvli zero, %[n32], e32, m8\n\t"                                 \
+                     "th.vmv.v.x v24, %[start]\n\t"                                         \
+                     "th.vsetvli zero, %[n32], e16, m4\n\t"                                 \
+                     "th.vmv.v.i v0, 0\n\t"                                                 \
+                     "th.vsetvli zero, %[n32], e8, m2\n\t"                                  \
+                     "1:\n\t"                                                               \
+                     "lhu %[pl], 0(%[plan])\n\t"                                            \
+                     body                                                                   \
+                     "addi %[w], %[w], " #wbytes "\n\t"                                     \
+                     "addi %[x], %[x], 32\n\t"                                              \
+                     "addi %[plan], %[plan], 2\n\t"                                         \
+                     "addi %[groups], %[groups], -1\n\t"                                    \
+                     "bnez %[groups], 1b\n\t"                                               \
+                     "th.vsetvli zero, %[n32], e16, m4\n\t"                                 \
+                     "th.vwmacc.vx v24, %[one], v0\n\t"                                     \
+                     "th.vle.v v8, (%[ws])\n\t"                                             \
+                     "th.vfwcvt.f.f.v v16, v8\n\t"                                          \
+                     "th.vsetvli zero, %[n32], e32, m8\n\t"                                 \
+                     "th.vfcvt.f.x.v v24, v24\n\t"                                          \
+                     "th.vfmul.vv v24, v24, v16\n\t"                                        \
+                     "th.vfmul.vf v24, v24, %[fxs]\n\t"                                     \
+                     "th.vse.v v24, (%[out])\n\t"                                           \
+                     : [w] "+r"(w), [x] "+r"(x), [plan] "+r"(plan), [groups] "+r"(groups),  \
+                       [pl] "=&r"(pl), [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2)       \
+                     : [out] "r"(out), [ws] "r"(ws), [start] "r"(start), [fxs] "f"(xs),     \
+                       [n32] "r"(32L), [one] "r"(1L)                                        \
+                     : XT_CLOBBER)
+
+typedef void (*xt_row_fn)(float *out, const uint8_t *w, const uint16_t *ws, const int8_t *x,
+                          float xs, const uint16_t *plan, long start, long groups);
+
 static void q4row_block(float *out, const uint8_t *w, const uint16_t *ws, const int8_t *x,
                         float xs, const uint16_t *plan, long start, long groups) {
     long pl, t0, t1, t2;
-    __asm__ volatile("th.vsetvli zero, %[n32], e32, m8\n\t"
-                     "th.vmv.v.x v24, %[start]\n\t"
-                     "th.vsetvli zero, %[n32], e16, m4\n\t"
-                     "th.vmv.v.i v0, 0\n\t"
-                     "th.vsetvli zero, %[n32], e8, m2\n\t"
-                     "1:\n\t"
-                     "lhu %[pl], 0(%[plan])\n\t"
-                     Q4R_UNIT(0) Q4R_UNIT(1) Q4R_UNIT(2) Q4R_UNIT(3) Q4R_UNIT(4) Q4R_UNIT(5)
-                     Q4R_UNIT(6) Q4R_UNIT(7)
-                     "addi %[w], %[w], 512\n\t"
-                     "addi %[x], %[x], 32\n\t"
-                     "addi %[plan], %[plan], 2\n\t"
-                     "addi %[groups], %[groups], -1\n\t"
-                     "bnez %[groups], 1b\n\t"
-                     "th.vsetvli zero, %[n32], e16, m4\n\t"
-                     "th.vwmacc.vx v24, %[one], v0\n\t"
-                     "th.vle.v v8, (%[ws])\n\t"
-                     "th.vfwcvt.f.f.v v16, v8\n\t"
-                     "th.vsetvli zero, %[n32], e32, m8\n\t"
-                     "th.vfcvt.f.x.v v24, v24\n\t"
-                     "th.vfmul.vv v24, v24, v16\n\t"
-                     "th.vfmul.vf v24, v24, %[fxs]\n\t"
-                     "th.vse.v v24, (%[out])\n\t"
-                     : [w] "+r"(w), [x] "+r"(x), [plan] "+r"(plan), [groups] "+r"(groups),
-                       [pl] "=&r"(pl), [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2)
-                     : [out] "r"(out), [ws] "r"(ws), [start] "r"(start), [fxs] "f"(xs),
-                       [n32] "r"(32L), [one] "r"(1L)
-                     : XT_CLOBBER);
+    XT_ROW_ASM(Q4_UNIT(0) Q4_UNIT(1) Q4_UNIT(2) Q4_UNIT(3) Q4_UNIT(4) Q4_UNIT(5) Q4_UNIT(6)
+               Q4_UNIT(7),
+               512);
 }
 
-void sb_matvec_q4_row_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
-                         const void *w, const void *ws, int n, int d, int gs) {
+static void q8row_block(float *out, const uint8_t *w, const uint16_t *ws, const int8_t *x,
+                        float xs, const uint16_t *plan, long start, long groups) {
+    long pl, t0, t1, t2;
+    XT_ROW_ASM(Q8_UNIT(0) Q8_UNIT(1) Q8_UNIT(2) Q8_UNIT(3) Q8_UNIT(4) Q8_UNIT(5) Q8_UNIT(6)
+               Q8_UNIT(7) Q8_UNIT(8) Q8_UNIT(9) Q8_UNIT(10) Q8_UNIT(11) Q8_UNIT(12)
+               Q8_UNIT(13) Q8_UNIT(14) Q8_UNIT(15),
+               0); // the units moved w on
+}
+
+static void matvec_rows_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                           const uint8_t *w, const uint16_t *ws, int n, int d, int bits,
+                           const xt_layout *l, xt_row_fn block) {
     int ng = n / SB_QK;
-    if (ng == 0 || ng > XT_PLAN_GROUPS) { // the plan lives on the stack
-        sb_matvec_q4_row_generic(out, xq, xs, xsum, w, ws, n, d, gs);
-        return;
-    }
     uint16_t plan[XT_PLAN_GROUPS];
-    xt_plan_rows(plan, xq, ng);
+    xt_plan_rows(plan, l, xq, ng);
     long total = 0;
     for (int g = 0; g < ng; g++) total += xsum[g];
     for (int b = 0; b < d; b += SB_QK) {
         float part[SB_QK];
         float *dst = d - b < SB_QK ? part : out + b; // a last block of padding rows
-        q4row_block(dst, (const uint8_t *)w + (size_t)(b / SB_QK) * ng * SB_QK * SB_QK / 2,
-                    (const uint16_t *)ws + b, xq, xs[0], plan, -8 * total, ng);
+        block(dst, w + (size_t)(b / SB_QK) * ng * SB_QK * SB_QK * bits / 8, ws + b, xq, xs[0],
+              plan, -l->offset * total, ng);
         if (dst == part) memcpy(out + b, part, sizeof(float) * (size_t)(d - b));
     }
+}
+
+void sb_matvec_q4_row_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                         const void *w, const void *ws, int n, int d, int gs) {
+    if (n / SB_QK == 0 || n / SB_QK > XT_PLAN_GROUPS) { // the plan lives on the stack
+        sb_matvec_q4_row_generic(out, xq, xs, xsum, w, ws, n, d, gs);
+        return;
+    }
+    matvec_rows_xt(out, xq, xs, xsum, w, ws, n, d, 4, &XT_Q4, q4row_block);
+}
+
+void sb_matvec_q8_row_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
+                         const void *w, const void *ws, int n, int d, int gs) {
+    if (n / SB_QK == 0 || n / SB_QK > XT_PLAN_GROUPS) { // the plan lives on the stack
+        sb_matvec_q8_row_generic(out, xq, xs, xsum, w, ws, n, d, gs);
+        return;
+    }
+    matvec_rows_xt(out, xq, xs, xsum, w, ws, n, d, 8, &XT_Q8, q8row_block);
 }
 
 // ----------------------------------------------------------------------------

@@ -56,7 +56,7 @@ typedef struct {
     uint64_t at;               // offset of the next tensor
     int storybot;              // 64-byte alignment and row blocks, else ak42
     sb_type type;              // ak42: every matrix's type
-    const unsigned char *types; // storybot: the type table (8, 6, 5, 4, 40, 32), file order
+    const unsigned char *types; // storybot: the type table (8, 6, 5, 4, 40, 80, 32), file order
     int next;                  // storybot: the next matrix's index in the table
     int group_size;
     int draft;                 // storybot: a draft classifier follows the classifier
@@ -64,7 +64,7 @@ typedef struct {
 
 static sb_type storybot_type(unsigned char code) {
     return code == 8 ? SB_Q8_0 : code == 6 ? SB_Q6 : code == 5 ? SB_Q5
-         : code == 4 ? SB_Q4_0 : code == 40 ? SB_Q4_ROW : SB_F32_ROWS;
+         : code == 4 ? SB_Q4_0 : code == 40 ? SB_Q4_ROW : code == 80 ? SB_Q8_ROW : SB_F32_ROWS;
 }
 
 static const float *take_floats(walker *w, uint64_t n) {
@@ -83,7 +83,7 @@ static void matrix_sizes(sb_type type, int rows, int cols, int group_size, uint6
     } else if (type != SB_Q8_ROWS) {
         uint64_t padded = (uint64_t)(rows + SB_QK - 1) / SB_QK * SB_QK;
         *data = padded * (uint64_t)cols * (uint64_t)sb_type_bits(type) / 8;
-        *scales = padded * (uint64_t)(type == SB_Q4_ROW ? 1 : cols / SB_QK) * sizeof(uint16_t);
+        *scales = padded * (uint64_t)(sb_row_scaled(type) ? 1 : cols / SB_QK) * sizeof(uint16_t);
     } else {
         *data = (uint64_t)rows * (uint64_t)cols;
         *scales = *data / (uint64_t)group_size * sizeof(float);
@@ -196,14 +196,17 @@ static sb_status read_types(int fd, uint64_t size, const sb_config *c, int draft
     if (pread(fd, types, (size_t)n, HEADER_BYTES) != (ssize_t)n) {
         return sb_fail(err, SB_ERR_IO, "cannot read model %s: %s", path, strerror(errno));
     }
-    // the inner dimension of each matrix in file order (embedding, 7 per layer, classifier)
+    /* The inner dimension of each matrix in file order (embedding, 7 per layer,
+     * classifier). Row-scaled types only where an input is quantized for one matrix
+     * alone: q, k and v (w1 and w3) share theirs. */
+    int cls = c->shared ? 0 : n - 1 - draft;
     for (int i = 0; i < n; i++) {
         int cols = i >= 1 && i <= 7 * c->n_layers && (i - 1) % 7 == 5 ? c->hidden_dim : c->dim;
         int is_draft = draft && i == n - 1;
         if (types[i] != 4 && types[i] != 5 && types[i] != 6 && types[i] != 8 && types[i] != 32
-            && !(types[i] == 40 && is_draft)) {
+            && !(types[i] == 40 && is_draft) && !(types[i] == 80 && (i == 0 || i == cls))) {
             return sb_fail(err, SB_ERR_FORMAT, "matrix %d has type %u (4, 5, 6, 8 or 32; 40 "
-                           "for a draft only)", i, types[i]);
+                           "for a draft only, 80 for the embedding or classifier)", i, types[i]);
         }
         if (types[i] != 32 && cols % SB_QK) {
             return sb_fail(err, SB_ERR_FORMAT, "matrix %d is quantized but its inner "
@@ -211,7 +214,6 @@ static sb_status read_types(int fd, uint64_t size, const sb_config *c, int draft
         }
     }
     // the second pass re-reads the draft's quantized input: both must be quantized
-    int cls = c->shared ? 0 : n - 1 - draft;
     if (draft && (types[n - 1] == 32 || types[cls] == 32)) {
         return sb_fail(err, SB_ERR_FORMAT, "a draft classifier needs it and the classifier "
                        "quantized (types %u and %u)", types[n - 1], types[cls]);
@@ -265,7 +267,8 @@ static size_t block_data_bytes(const sb_matrix *w) {
 }
 
 size_t sb_block_bytes(const sb_matrix *w) {
-    return block_data_bytes(w) + (size_t)SB_QK * (size_t)(w->cols / SB_QK) * sizeof(uint16_t);
+    size_t scales = sb_row_scaled(w->type) ? 1 : (size_t)(w->cols / SB_QK);
+    return block_data_bytes(w) + (size_t)SB_QK * scales * sizeof(uint16_t);
 }
 
 static int read_at(int fd, unsigned char *buf, size_t n, uint64_t at) {

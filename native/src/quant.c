@@ -19,6 +19,9 @@
  *             too): a draft classifier's layout. Its input has one scale for the whole
  *             vector, so a row's integer sum runs over every group and is scaled once:
  *             no float work per group, and a 16th of the scales' bytes.
+ *   SB_Q8_ROW SB_Q8_0's blocks with one fp16 scale per row, as SB_Q4_ROW: a classifier's
+ *             layout. On the C906 a group's float work is 100 of its ~700 cycles, and
+ *             with one scale for x its products run longer in int16 (kernels_q_xt.c).
  *   SB_Q8_ROWS llama2.c ak42: row-major int8, fp32 scale of W[i][j] at ws[(i * n + j) / gs].
  *   SB_F32_ROWS fp32 row-major (a matrix whose inner dimension is not whole groups).
  * Column-major blocks let a vector unit multiply one column of 32 rows by one activation
@@ -56,9 +59,9 @@ static void quantize_q8_generic(int8_t *xq, float *xs, int32_t *xsum, const floa
     }
 }
 
-/* One scale for all of x (SB_Q4_ROW's input): quantize_q8's rounding, with the largest
- * |x| of the whole vector; every group gets that scale and its own sum. Portable for
- * every set: it is one pass over dim values a token. */
+/* One scale for all of x (the sb_row_scaled types' input): quantize_q8's rounding, with
+ * the largest |x| of the whole vector; every group gets that scale and its own sum.
+ * Portable for every set: it is one pass over dim values a token. */
 static void quantize_q8_row(int8_t *xq, float *xs, int32_t *xsum, const float *x, int n) {
     float amax = 0.0f;
     for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
@@ -145,6 +148,27 @@ void sb_matvec_q4_row_generic(float *out, const int8_t *xq, const float *xs,
                     uint8_t byte = wq[p * SB_QK + r];
                     isum[r] += (byte & 15) * x0 + (byte >> 4) * x1;
                 }
+            }
+        }
+        for (int r = 0; r < SB_QK && b + r < d; r++) {
+            out[b + r] = (float)isum[r] * sb_f16_to_f32(ws[r]) * xs[0];
+        }
+    }
+}
+
+void sb_matvec_q8_row_generic(float *out, const int8_t *xq, const float *xs,
+                              const int32_t *xsum, const void *w, const void *wsv, int n,
+                              int d, int gs) {
+    (void)xsum, (void)gs;
+    const int8_t *wq = w;
+    const uint16_t *ws = wsv;
+    int ng = n / SB_QK;
+    for (int b = 0; b < d; b += SB_QK, ws += SB_QK) {
+        int32_t isum[SB_QK] = {0};
+        for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK) {
+            for (int j = 0; j < SB_QK; j++) {
+                int32_t xj = xq[g * SB_QK + j];
+                for (int r = 0; r < SB_QK; r++) isum[r] += wq[j * SB_QK + r] * xj;
             }
         }
         for (int r = 0; r < SB_QK && b + r < d; r++) {
@@ -283,6 +307,7 @@ const sb_qkernel_set sb_qkernels_generic = {
     .matvec_q5 = matvec_q5_generic,
     .matvec_q6 = matvec_q6_generic,
     .matvec_q4_row = sb_matvec_q4_row_generic,
+    .matvec_q8_row = sb_matvec_q8_row_generic,
     .f16_store = sb_f16_store_generic,
     .f16_scores = sb_f16_scores_generic,
     .f16_mix = sb_f16_mix_generic,
@@ -327,7 +352,7 @@ int sb_type_bits(sb_type type) {
 }
 
 void sb_quantize_input(const sb_model *m, sb_state_q *s, const float *x, const sb_matrix *w) {
-    if (w->type == SB_Q4_ROW) {
+    if (sb_row_scaled(w->type)) {
         quantize_q8_row(s->q, s->s, s->sum, x, w->cols);
     } else {
         m->qkernels->quantize_q8(s->q, s->s, s->sum, x, w->cols);
@@ -357,8 +382,13 @@ void sb_matvec_quant_rows(const sb_model *m, const sb_state_q *s, float *out,
         scales = (size_t)r0 * (n / SB_QK) * sizeof(uint16_t);
         break;
     case SB_Q4_ROW:
-        f = k->matvec_q4_row ? k->matvec_q4_row : sb_matvec_q4_row_generic;
-        data = (size_t)r0 * n / 2;
+    case SB_Q8_ROW:
+        if (w->type == SB_Q4_ROW) {
+            f = k->matvec_q4_row ? k->matvec_q4_row : sb_matvec_q4_row_generic;
+        } else {
+            f = k->matvec_q8_row ? k->matvec_q8_row : sb_matvec_q8_row_generic;
+        }
+        data = (size_t)r0 * n * sb_type_bits(w->type) / 8;
         scales = (size_t)r0 * sizeof(uint16_t);
         break;
     default:
@@ -395,7 +425,9 @@ void sb_dequantize_row(const sb_matrix *w, int row, float *out) {
     const uint16_t *scales = w->scales;
     int bits = sb_type_bits(w->type), k = bits - 4;
     for (int g = 0; g < ng; g++) {
-        float s = sb_f16_to_f32(scales[(blk + g) * SB_QK + lane]);
+        // the row-scaled types: one scale per row, at [32 * block + lane]
+        size_t at = sb_row_scaled(w->type) ? (size_t)row : (blk + g) * SB_QK + lane;
+        float s = sb_f16_to_f32(scales[at]);
         if (w->type == SB_Q5 || w->type == SB_Q6) {
             const uint8_t *q = (const uint8_t *)w->data + (blk + g) * SB_QK * SB_QK * bits / 8;
             for (int j = 0; j < SB_QK; j++) {
@@ -404,7 +436,7 @@ void sb_dequantize_row(const sb_matrix *w, int row, float *out) {
                 int u = lo | ((hi & ((1 << k) - 1)) << 4);
                 out[g * SB_QK + j] = (float)(u - (1 << (bits - 1))) * s;
             }
-        } else if (w->type == SB_Q8_0) {
+        } else if (w->type == SB_Q8_0 || w->type == SB_Q8_ROW) {
             const int8_t *q = (const int8_t *)w->data + (blk + g) * SB_QK * SB_QK + lane;
             for (int j = 0; j < SB_QK; j++) out[g * SB_QK + j] = (float)q[j * SB_QK] * s;
         } else {
@@ -458,7 +490,7 @@ int sb_test_qmatvec(const char *kernels, int type, float *out, const int8_t *xq,
     if (!k || n <= 0 || d <= 0 || n % SB_QK || gs <= 0 || gs % SB_QK || n % gs) return -1;
     sb_qmatvec_fn f = type == SB_Q8_0 ? k->matvec_q8_0 : type == SB_Q4_0 ? k->matvec_q4_0
                     : type == SB_Q8_ROWS ? k->matvec_q8_rows : type == SB_Q5 ? k->matvec_q5
-                    : type == SB_Q6 ? k->matvec_q6 : NULL;
+                    : type == SB_Q6 ? k->matvec_q6 : type == SB_Q8_ROW ? k->matvec_q8_row : NULL;
     if (!f && (type == SB_Q5 || type == SB_Q6)) return -2; // this set has no such kernel
     if (!f) return -1;
     f(out, xq, xs, xsum, w, ws, n, d, gs);

@@ -16,8 +16,9 @@ int sb_test_qkernels(char *buf, size_t len);
 int sb_test_quantize_q8(const char *kernels, int8_t *xq, float *xs, int32_t *xsum,
                         const float *x, int n);
 /* out (d,) = W @ x with the named set; type 1 = q8_0 blocks, 2 = q4_0 blocks, 5 = q5
- * blocks, 6 = q6 blocks (fp16 scales), 3 = row-major int8 with group size gs (llama2.c
- * ak42, fp32 scales). Returns 0, -1, or -2 when the set has no kernel of its own for
+ * blocks, 6 = q6 blocks (fp16 scales), 8 = q8_0 blocks with one fp16 scale per row (x
+ * quantized with one scale), 3 = row-major int8 with group size gs (llama2.c ak42, fp32
+ * scales). Returns 0, -1, or -2 when the set has no kernel of its own for
  * q5/q6 (the forward pass then uses the portable one). */
 int sb_test_qmatvec(const char *kernels, int type, float *out, const int8_t *xq,
                     const float *xs, const int32_t *xsum, const void *w, const void *ws,

@@ -9,7 +9,8 @@
  * failure). Around one 768 x 288 product per set it executes the hint instructions
  * "addi x0, x0, 10 + k" / "11 + k" on riscv (no-ops on hardware), so the qemu insncount
  * plugin can count a kernel's instructions (marks 10/11: q8_0, 12/13: q4_0, 14/15:
- * ak42 rows, 16/17: q5, 18/19: q6, 30/31: q4 with row scales, for the last set listed).
+ * ak42 rows, 16/17: q5, 18/19: q6, 30/31 and 32/33: q4 and q8 with row scales, for the
+ * last set listed).
  */
 #include <math.h>
 #include <stdio.h>
@@ -193,10 +194,12 @@ static void test_products(const sb_qkernel_set *k, int n, int d, int gs, int mar
     free(x), free(out), free(xq), free(gq), free(xs), free(gxs), free(xsum), free(gsum), free(want);
 }
 
-/* SB_Q4_ROW: q4_0's blocks with one fp16 scale per row, x quantized with one scale.
- * Every set must give the portable kernel's bits (the sums are exact, the float steps
- * the same two multiplications). */
-static void test_q4_row(const sb_qkernel_set *k, int n, int d, int mark, int extreme) {
+/* SB_Q4_ROW, SB_Q8_ROW (bits 4 or 8): q4_0's or q8_0's blocks with one fp16 scale per
+ * row, x quantized with one scale. Every set must give the portable kernel's bits (the
+ * sums are exact, the float steps the same two multiplications). extreme: for q8 every
+ * weight and activation at 127, so one int16 run holds two columns at most. */
+static void test_row_scaled(const sb_qkernel_set *k, int bits, int n, int d, int mark,
+                            int extreme) {
     int ng = n / SB_QK, nb = (d + SB_QK - 1) / SB_QK;
     float *x = malloc(sizeof(float) * n), *out = malloc(sizeof(float) * (d + 1));
     float *gout = malloc(sizeof(float) * d), *xs = malloc(sizeof(float) * ng);
@@ -206,7 +209,8 @@ static void test_q4_row(const sb_qkernel_set *k, int n, int d, int mark, int ext
     double *want = malloc(sizeof(double) * d);
     float amax = 0.0f;
     for (int i = 0; i < n; i++) {
-        x[i] = extreme ? (rand_int(0, 1) ? 1.0f : -1.0f) : (float)rand_int(-100000, 100000) * 1e-5f;
+        x[i] = !extreme ? (float)rand_int(-100000, 100000) * 1e-5f
+             : bits == 8 ? 1.0f : (rand_int(0, 1) ? 1.0f : -1.0f);
         amax = fmaxf(amax, fabsf(x[i]));
     }
     for (int i = 0; i < n; i++) {
@@ -214,21 +218,28 @@ static void test_q4_row(const sb_qkernel_set *k, int n, int d, int mark, int ext
         xsum[i / SB_QK] += xq[i];
     }
     for (int g = 0; g < ng; g++) xs[g] = amax / 127.0f;
-    weights w = make_weights(n, d, -8, 7, SB_QK);
+    int top = bits == 8 ? 127 : 7;
+    weights w = make_weights(n, d, extreme && bits == 8 ? top : -top - (bits == 4), top, SB_QK);
     for (int i = 0; i < d; i++) {
         rs[i] = sb_f32_to_f16((float)rand_int(1, 1000) * 1e-4f);
         long dot = 0;
         for (int j = 0; j < n; j++) dot += (long)w.q[(size_t)i * n + j] * xq[j];
         want[i] = (double)dot * sb_f16_to_f32(rs[i]) * xs[0];
     }
-    sb_qmatvec_fn f = k->matvec_q4_row ? k->matvec_q4_row : sb_matvec_q4_row_generic;
+    sb_qmatvec_fn generic = bits == 8 ? sb_matvec_q8_row_generic : sb_matvec_q4_row_generic;
+    sb_qmatvec_fn f = bits == 8 ? k->matvec_q8_row : k->matvec_q4_row;
+    const void *blocks = bits == 8 ? (const void *)w.blocks8 : (const void *)w.blocks4;
+    const char *name = bits == 8 ? "matvec_q8_row" : "matvec_q4_row";
     out[d] = 12345.0f;
-    if (mark) MARK(30);
-    f(out, xq, xs, xsum, w.blocks4, rs, n, d, SB_QK);
-    if (mark) MARK(31);
-    sb_matvec_q4_row_generic(gout, xq, xs, xsum, w.blocks4, rs, n, d, SB_QK);
-    check(close_enough(out, want, d) && out[d] == 12345.0f, "matvec_q4_row", k->name, n, d);
-    check(!memcmp(out, gout, sizeof(float) * d), "matvec_q4_row = generic", k->name, n, d);
+    if (mark && bits == 4) MARK(30);
+    if (mark && bits == 8) MARK(32);
+    (f ? f : generic)(out, xq, xs, xsum, blocks, rs, n, d, SB_QK);
+    if (mark && bits == 4) MARK(31);
+    if (mark && bits == 8) MARK(33);
+    generic(gout, xq, xs, xsum, blocks, rs, n, d, SB_QK);
+    check(close_enough(out, want, d) && out[d] == 12345.0f, name, k->name, n, d);
+    check(!memcmp(out, gout, sizeof(float) * d), bits == 8 ? "matvec_q8_row = generic"
+                                                           : "matvec_q4_row = generic", k->name, n, d);
     free_weights(&w);
     free(x), free(out), free(gout), free(xs), free(xq), free(xsum), free(rs), free(want);
 }
@@ -297,8 +308,10 @@ int main(void) {
                                              {2080, 40}};
         for (size_t i = 0; i < sizeof(rows_shapes) / sizeof(rows_shapes[0]); i++) {
             int mark = s == nsets - 1 && rows_shapes[i][0] == 768;
-            test_q4_row(sets[s], rows_shapes[i][0], rows_shapes[i][1], mark, 0);
-            test_q4_row(sets[s], rows_shapes[i][0], rows_shapes[i][1], 0, 1);
+            for (int bits = 4; bits <= 8; bits += 4) {
+                test_row_scaled(sets[s], bits, rows_shapes[i][0], rows_shapes[i][1], mark, 0);
+                test_row_scaled(sets[s], bits, rows_shapes[i][0], rows_shapes[i][1], 0, 1);
+            }
         }
         test_f16(sets[s]);
     }
