@@ -64,9 +64,9 @@ _LOGGER = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 # GPTQ with a width per matrix and an 8-bit classifier behind a 4-bit draft (quantize -f
-# board): near int8's quality (perplexity 1.004x fp32's; q8_0 1.001x, q4_0 1.12x), the
-# fastest C906 model of that quality, and 10.6 MiB resident, which fits beside the daemon
-# where q8_0's 16 MB does not (README, "Models and what they cost").
+# board): near int8's quality (perplexity 1.005x fp32's; q8_0 1.002x, q4_0 1.12x), the
+# fastest C906 model of that quality, and 10.1 MiB resident, which fits beside the daemon
+# where q8_0's 15.6 MB does not (README, "Models and what they cost").
 MODEL_FORMAT = "board"
 MODEL_NAME = f"stories15M.{MODEL_FORMAT}.bin"
 PROMPT = "Once upon a time"
