@@ -232,6 +232,18 @@ ATTR static inline __m256i SFX(bcast4)(const int8_t *p) {
     return _mm256_set1_epi32(v);
 }
 
+/* i (unpack4's row order) += a group's 32 columns of q8 times x, its activations. */
+ATTR static inline void SFX(q8_group)(__m256i i[4], const int8_t *wq, const int8_t *x) {
+    for (int j = 0; j < SB_QK; j += 4) {
+        const __m256i *col = (const __m256i *)(wq + j * SB_QK);
+        __m256i x4 = SFX(bcast4)(x + j), ax = _mm256_abs_epi8(x4);
+        __m256i q[4];
+        SFX(unpack4)(_mm256_loadu_si256(col), _mm256_loadu_si256(col + 1),
+                     _mm256_loadu_si256(col + 2), _mm256_loadu_si256(col + 3), q);
+        for (int k = 0; k < 4; k++) i[k] = DOT4(i[k], ax, _mm256_sign_epi8(q[k], x4));
+    }
+}
+
 ATTR static void SFX(matvec_q8_0)(float *out, const int8_t *xq, const float *xs,
                                   const int32_t *xsum, const void *w, const void *wsv, int n,
                                   int d, int gs) {
@@ -245,14 +257,7 @@ ATTR static void SFX(matvec_q8_0)(float *out, const int8_t *xq, const float *xs,
         for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK, ws += SB_QK) {
             __m256i i[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(),
                             _mm256_setzero_si256(), _mm256_setzero_si256()};
-            for (int j = 0; j < SB_QK; j += 4) {
-                const __m256i *col = (const __m256i *)(wq + j * SB_QK);
-                __m256i x4 = SFX(bcast4)(xq + g * SB_QK + j), ax = _mm256_abs_epi8(x4);
-                __m256i q[4];
-                SFX(unpack4)(_mm256_loadu_si256(col), _mm256_loadu_si256(col + 1),
-                             _mm256_loadu_si256(col + 2), _mm256_loadu_si256(col + 3), q);
-                for (int k = 0; k < 4; k++) i[k] = DOT4(i[k], ax, _mm256_sign_epi8(q[k], x4));
-            }
+            SFX(q8_group)(i, wq, xq + g * SB_QK);
             SFX(scale_add)(acc, i, ws, xs[g]);
         }
         SFX(store_rows)(out + b, acc, d - b);
@@ -355,14 +360,7 @@ ATTR static void SFX(matvec_q8_row)(float *out, const int8_t *xq, const float *x
         __m256i i[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                         _mm256_setzero_si256()};
         for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK) {
-            for (int j = 0; j < SB_QK; j += 4) {
-                const __m256i *col = (const __m256i *)(wq + j * SB_QK);
-                __m256i x4 = SFX(bcast4)(xq + g * SB_QK + j), ax = _mm256_abs_epi8(x4);
-                __m256i q[4];
-                SFX(unpack4)(_mm256_loadu_si256(col), _mm256_loadu_si256(col + 1),
-                             _mm256_loadu_si256(col + 2), _mm256_loadu_si256(col + 3), q);
-                for (int k = 0; k < 4; k++) i[k] = DOT4(i[k], ax, _mm256_sign_epi8(q[k], x4));
-            }
+            SFX(q8_group)(i, wq, xq + g * SB_QK);
         }
         SFX(store_row_scaled)(out + b, i, 0, ws, xs[0], d - b);
     }

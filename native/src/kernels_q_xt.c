@@ -359,10 +359,16 @@ static void q8row_block(float *out, const uint8_t *w, const uint16_t *ws, const 
                0); // the units moved w on
 }
 
+/* The row-scaled products, or the portable kernel where the plan would not fit the
+ * stack. */
 static void matvec_rows_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
                            const uint8_t *w, const uint16_t *ws, int n, int d, int bits,
-                           const xt_layout *l, xt_row_fn block) {
+                           const xt_layout *l, xt_row_fn block, sb_qmatvec_fn generic) {
     int ng = n / SB_QK;
+    if (ng == 0 || ng > XT_PLAN_GROUPS) {
+        generic(out, xq, xs, xsum, w, ws, n, d, SB_QK);
+        return;
+    }
     uint16_t plan[XT_PLAN_GROUPS];
     xt_plan_rows(plan, l, xq, ng);
     long total = 0;
@@ -378,20 +384,16 @@ static void matvec_rows_xt(float *out, const int8_t *xq, const float *xs, const 
 
 void sb_matvec_q4_row_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
                          const void *w, const void *ws, int n, int d, int gs) {
-    if (n / SB_QK == 0 || n / SB_QK > XT_PLAN_GROUPS) { // the plan lives on the stack
-        sb_matvec_q4_row_generic(out, xq, xs, xsum, w, ws, n, d, gs);
-        return;
-    }
-    matvec_rows_xt(out, xq, xs, xsum, w, ws, n, d, 4, &XT_Q4, q4row_block);
+    (void)gs;
+    matvec_rows_xt(out, xq, xs, xsum, w, ws, n, d, 4, &XT_Q4, q4row_block,
+                   sb_matvec_q4_row_generic);
 }
 
 void sb_matvec_q8_row_xt(float *out, const int8_t *xq, const float *xs, const int32_t *xsum,
                          const void *w, const void *ws, int n, int d, int gs) {
-    if (n / SB_QK == 0 || n / SB_QK > XT_PLAN_GROUPS) { // the plan lives on the stack
-        sb_matvec_q8_row_generic(out, xq, xs, xsum, w, ws, n, d, gs);
-        return;
-    }
-    matvec_rows_xt(out, xq, xs, xsum, w, ws, n, d, 8, &XT_Q8, q8row_block);
+    (void)gs;
+    matvec_rows_xt(out, xq, xs, xsum, w, ws, n, d, 8, &XT_Q8, q8row_block,
+                   sb_matvec_q8_row_generic);
 }
 
 // ----------------------------------------------------------------------------

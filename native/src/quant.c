@@ -81,6 +81,13 @@ static void quantize_q8_row(int8_t *xq, float *xs, int32_t *xsum, const float *x
 // ----------------------------------------------------------------------------
 // portable products (also the reference the tuned sets are tested against)
 
+/* isum (32 rows) += a q8 block-group (32 columns of 32 rows) times x, its activations. */
+static void q8_group_sums(int32_t *isum, const int8_t *wq, const int8_t *x) {
+    for (int j = 0; j < SB_QK; j++) {
+        for (int r = 0; r < SB_QK; r++) isum[r] += wq[j * SB_QK + r] * (int32_t)x[j];
+    }
+}
+
 static void matvec_q8_0_generic(float *out, const int8_t *xq, const float *xs,
                                 const int32_t *xsum, const void *w, const void *wsv, int n,
                                 int d, int gs) {
@@ -92,10 +99,7 @@ static void matvec_q8_0_generic(float *out, const int8_t *xq, const float *xs,
         float acc[SB_QK] = {0};
         for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK, ws += SB_QK) {
             int32_t isum[SB_QK] = {0};
-            for (int j = 0; j < SB_QK; j++) {
-                int32_t xj = xq[g * SB_QK + j];
-                for (int r = 0; r < SB_QK; r++) isum[r] += wq[j * SB_QK + r] * xj;
-            }
+            q8_group_sums(isum, wq, xq + g * SB_QK);
             for (int r = 0; r < SB_QK; r++) acc[r] += (float)isum[r] * sb_f16_to_f32(ws[r]) * xs[g];
         }
         memcpy(out + b, acc, sizeof(float) * (size_t)(d - b < SB_QK ? d - b : SB_QK));
@@ -166,10 +170,7 @@ void sb_matvec_q8_row_generic(float *out, const int8_t *xq, const float *xs,
     for (int b = 0; b < d; b += SB_QK, ws += SB_QK) {
         int32_t isum[SB_QK] = {0};
         for (int g = 0; g < ng; g++, wq += SB_QK * SB_QK) {
-            for (int j = 0; j < SB_QK; j++) {
-                int32_t xj = xq[g * SB_QK + j];
-                for (int r = 0; r < SB_QK; r++) isum[r] += wq[j * SB_QK + r] * xj;
-            }
+            q8_group_sums(isum, wq, xq + g * SB_QK);
         }
         for (int r = 0; r < SB_QK && b + r < d; r++) {
             out[b + r] = (float)isum[r] * sb_f16_to_f32(ws[r]) * xs[0];
@@ -490,7 +491,8 @@ int sb_test_qmatvec(const char *kernels, int type, float *out, const int8_t *xq,
     if (!k || n <= 0 || d <= 0 || n % SB_QK || gs <= 0 || gs % SB_QK || n % gs) return -1;
     sb_qmatvec_fn f = type == SB_Q8_0 ? k->matvec_q8_0 : type == SB_Q4_0 ? k->matvec_q4_0
                     : type == SB_Q8_ROWS ? k->matvec_q8_rows : type == SB_Q5 ? k->matvec_q5
-                    : type == SB_Q6 ? k->matvec_q6 : type == SB_Q8_ROW ? k->matvec_q8_row : NULL;
+                    : type == SB_Q6 ? k->matvec_q6 : type == SB_Q8_ROW ? k->matvec_q8_row
+                    : NULL;
     if (!f && (type == SB_Q5 || type == SB_Q6)) return -2; // this set has no such kernel
     if (!f) return -1;
     f(out, xq, xs, xsum, w, ws, n, d, gs);
